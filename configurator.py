@@ -1,0 +1,147 @@
+"""
+The one config mechanism of the toolkit (nanoGPT's configurator, with the sharp edges filed off).
+
+train.py's module-level globals are the defaults. Plain Python config files and --key=value arguments
+override them, left to right:
+
+    python train.py configs/modern.py configs/widths/128d.py --learning_rate=3e-3 --seed=2
+
+A config file is executed with the current values in scope, so it can read them (`n_head = n_embd // 64`)
+and can pull in another file with include('other.py') (relative to the including file). Every name it
+sets must be a known key. sweep.py and bench.py use the same functions, so a sweep is validated exactly
+as the run it will launch.
+"""
+import ast
+import difflib
+import os
+import types
+
+
+class UserError(Exception):
+    """Bad input: printed as one line (no traceback) and the script exits with status 2."""
+
+
+def closest_key(key, known):
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    return f" (did you mean '{match[0]}'?)" if match else ""
+
+
+def unknown_key_error(key, known, where):
+    return UserError(f"unknown config key '{key}' {where}{closest_key(key, known)}; "
+                     f"`python train.py --help` lists the keys")
+
+
+def coerce(key, value, default, raw=None):
+    """Convert value to the type of the key's default. raw is the command-line text, if any."""
+    if default is None or value is None:
+        return value  # keys defaulting to None take any literal; None resets a key to 'off/auto'
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise UserError(f"config key '{key}' expects True or False, got {value!r}")
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)  # --max_tokens=1e6
+        raise UserError(f"config key '{key}' expects an integer, got {value!r}")
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)  # --learning_rate=1
+        raise UserError(f"config key '{key}' expects a number, got {value!r}")
+    if isinstance(default, str):
+        if isinstance(value, (str, bool)):
+            return value  # bools pass through for 'auto'-style keys such as compile; validation decides
+        if isinstance(value, (int, float)):
+            return raw if raw is not None else str(value)  # --run_name=123 stays '123'
+        raise UserError(f"config key '{key}' expects a string, got {value!r}")
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+        raise UserError(f"config key '{key}' expects a list, got {value!r}")
+    return value
+
+
+def parse_value(key, raw, default):
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        value = raw  # a bare word: --device=cpu
+    return coerce(key, value, default, raw)
+
+
+def apply_config_file(path, config, defaults):
+    """Execute one config file with config's values in scope; fold its assignments into config."""
+    if not os.path.isfile(path):
+        raise UserError(f"config file not found: {path}")
+    try:
+        with open(path) as f:
+            source = f.read()
+        code = compile(source, path, "exec")
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error in config file: {e.msg}")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"cannot read config file {path}: {e}")
+    namespace = dict(config)
+    namespace["__file__"] = path
+
+    def include(other):  # another config file, relative to this one, applied at this point
+        namespace.update(apply_config_file(os.path.join(os.path.dirname(path), other),
+                                           namespace_config(namespace, defaults, path), defaults))
+
+    namespace["include"] = include
+    try:
+        exec(code, namespace)
+    except UserError:
+        raise
+    except Exception as e:  # a config file is user code: report its error as one line
+        raise UserError(f"{path}: {type(e).__name__}: {e}")
+    return namespace_config(namespace, defaults, path)
+
+
+def namespace_config(namespace, defaults, path):
+    out = {}
+    for key, value in namespace.items():
+        if key.startswith("_") or key == "include":
+            continue
+        if isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue  # `import math` or a helper function in a config file is fine
+        if key not in defaults:
+            raise unknown_key_error(key, defaults, f"in {path}")
+        out[key] = coerce(key, value, defaults[key])
+    return out
+
+
+def parse_args(args, defaults):
+    """Apply config files and --key=value overrides (in order) to a copy of defaults.
+    Returns (config, config_files)."""
+    config = dict(defaults)
+    config_files = []
+    for arg in args:
+        if not arg.startswith("--"):
+            config.update(apply_config_file(arg, config, defaults))
+            config_files.append(arg)
+            continue
+        if "=" not in arg:
+            raise UserError(f"argument '{arg}' needs a value: write --key=value")
+        key, raw = arg[2:].split("=", 1)
+        if key not in defaults:
+            raise unknown_key_error(key, defaults, "on the command line")
+        config[key] = parse_value(key, raw, defaults[key])
+    return config, config_files
+
+
+def describe_keys(source_path, defaults):
+    """The --help text: every key, its default and the comment beside it in the source."""
+    comments = {}
+    with open(source_path) as f:
+        for line in f:
+            if "=" in line and "#" in line and not line.startswith((" ", "\t", "#")):
+                key = line.split("=", 1)[0].strip()
+                comments[key] = line.split("#", 1)[1].strip()
+    width = max(len(k) for k in defaults)
+    return "\n".join(f"  {k:<{width}}  {defaults[k]!r:<14} {comments.get(k, '')}" for k in defaults)

@@ -1,0 +1,281 @@
+"""
+The Transformer: a GPT-style decoder in which each 2017-2023 innovation is one config switch.
+
+    activation     relu | gelu | silu | glu | swiglu | geglu   (gated ones: one fused up-projection)
+    pos_encoding   none | sinusoidal | learned | rotary
+    norm           layernorm | rmsnorm,  norm_position  pre | post (the 2017 post-LN)
+    init           transformer (GPT-2: N(0, 0.02), residual projections / sqrt(2 n_layer)) | xavier_normal |
+                   kaiming_normal | pytorch (module defaults)
+    use_mup        Maximal Update Parametrization (Yang et al. 2022), see mup_lr_mult below
+
+The defaults are the GPT-2 baseline (pre-LayerNorm, learned positions, GELU, tied embeddings, GPT-2 init).
+flops_per_token() is the analytic count of ../shared/docs/results-format.md (6 * N_matmul + 12 * L * d * T).
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+ACTIVATIONS = ("relu", "gelu", "silu", "glu", "swiglu", "geglu")
+GATES = {"glu": torch.sigmoid, "swiglu": F.silu, "geglu": F.gelu}
+POS_ENCODINGS = ("none", "sinusoidal", "learned", "rotary")
+NORMS = ("layernorm", "rmsnorm")
+NORM_POSITIONS = ("pre", "post")
+INITS = ("transformer", "xavier_normal", "kaiming_normal", "pytorch")
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 257
+    block_size: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+    bias: bool = False
+    tie_embeddings: bool = True
+    activation: str = "gelu"
+    mlp_ratio: float = 4.0           # hidden width of an ungated MLP, in units of n_embd
+    glu_match_params: bool = True    # gated MLPs use 2/3 of that hidden width (multiple of 8): same parameters
+    pos_encoding: str = "learned"
+    rope_base: float = 10000.0
+    norm: str = "layernorm"
+    norm_position: str = "pre"
+    qk_norm: bool = False
+    scale_embeddings: bool = False   # multiply token embeddings by sqrt(n_embd), as Vaswani et al. 2017 did
+    init: str = "transformer"
+    init_std: float = 0.02
+    use_mup: bool = False
+    mup_base_width: int = 128
+    mup_input_mult: float = 1.0
+    mup_output_mult: float = 1.0
+
+    @property
+    def width_mult(self):
+        return self.n_embd / self.mup_base_width if self.use_mup else 1.0
+
+
+def mlp_hidden_size(cfg):
+    hidden = cfg.mlp_ratio * cfg.n_embd
+    if cfg.activation in GATES and cfg.glu_match_params:
+        return max(8, 8 * round(hidden * 2 / 3 / 8))  # three matrices of 2/3 the width: same parameter count
+    return int(round(hidden))
+
+
+def make_norm(cfg, dim):
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim, eps=1e-5)  # F.rms_norm: no mean subtraction, no bias
+    return nn.LayerNorm(dim, eps=1e-5, bias=cfg.bias)
+
+
+def sinusoidal_table(n_positions, dim):
+    """PE[pos, 2i] = sin(pos / 10000^(2i/d)), PE[pos, 2i+1] = cos(pos / 10000^(2i/d))."""
+    pos = torch.arange(n_positions, dtype=torch.float64)[:, None]
+    inv_freq = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)
+    table = torch.zeros(n_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * inv_freq)
+    table[:, 1::2] = torch.cos(pos * inv_freq)[:, : dim // 2]
+    return table.float()
+
+
+def rotary_tables(n_positions, head_dim, base):
+    """cos and sin of position * theta_i, theta_i = base^(-2i/head_dim), shape (n_positions, head_dim/2)."""
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = torch.arange(n_positions, dtype=torch.float64)[:, None] * inv_freq
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rotary(x, cos, sin):
+    """Rotate the pairs (x[i], x[i + d/2]) of every head by position-dependent angles (RoPE, Su et al. 2021)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        assert cfg.n_embd % cfg.n_head == 0
+        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.n_embd // cfg.n_head, cfg.dropout
+        self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.proj.is_residual_output = True
+        self.q_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        # muP: attention logits scale as 1/d_head, matching 1/sqrt(d_head) at the base width
+        base_head_dim = cfg.mup_base_width // cfg.n_head if cfg.use_mup else self.head_dim
+        self.scale = math.sqrt(base_head_dim) / self.head_dim if cfg.use_mup else None
+
+    def forward(self, x, rotary=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rotary is not None:
+            cos, sin = rotary
+            q, k = apply_rotary(q, cos[:T], sin[:T]), apply_rotary(k, cos[:T], sin[:T])
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.resid_dropout(self.proj(y.transpose(1, 2).reshape(B, T, C)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        hidden = mlp_hidden_size(cfg)
+        self.gate = GATES.get(cfg.activation)
+        self.act = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu}.get(cfg.activation)
+        # gated: one fused matmul produces both the gate and the value halves
+        self.up = nn.Linear(cfg.n_embd, 2 * hidden if self.gate else hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.down.is_residual_output = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        h = self.up(x)
+        if self.gate is not None:
+            a, b = h.chunk(2, dim=-1)
+            h = self.gate(a) * b
+        else:
+            h = self.act(h)
+        return self.dropout(self.down(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.pre_norm = cfg.norm_position == "pre"
+        self.norm1, self.attn = make_norm(cfg, cfg.n_embd), Attention(cfg)
+        self.norm2, self.mlp = make_norm(cfg, cfg.n_embd), MLP(cfg)
+
+    def forward(self, x, rotary=None):
+        if self.pre_norm:
+            x = x + self.attn(self.norm1(x), rotary)
+            return x + self.mlp(self.norm2(x))
+        x = self.norm1(x + self.attn(x, rotary))  # post-LN (Vaswani et al. 2017): normalize after the add
+        return self.norm2(x + self.mlp(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        self.config = cfg
+        self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
+        if cfg.pos_encoding == "sinusoidal":
+            self.register_buffer("sinusoidal", sinusoidal_table(cfg.block_size, cfg.n_embd), persistent=False)
+        if cfg.pos_encoding == "rotary":
+            cos, sin = rotary_tables(cfg.block_size, cfg.n_embd // cfg.n_head, cfg.rope_base)
+            self.register_buffer("rotary_cos", cos, persistent=False)
+            self.register_buffer("rotary_sin", sin, persistent=False)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm_f = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else None  # post-LN ends normed
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.embed_mult = (math.sqrt(cfg.n_embd) if cfg.scale_embeddings else 1.0) * (
+            cfg.mup_input_mult if cfg.use_mup else 1.0)
+        # muP readout: logits scaled by 1/width_mult (applied to the final hidden state: same product, cheaper)
+        self.readout_mult = cfg.mup_output_mult / cfg.width_mult if cfg.use_mup else 1.0
+        self.init_weights()
+
+    # ------------------------------------------------------------------ init
+    def init_weights(self):
+        cfg = self.config
+        if cfg.init == "pytorch":
+            return  # nn.Linear: U(+-1/sqrt(fan_in)); nn.Embedding: N(0, 1); norms: ones
+        residual_std = cfg.init_std / math.sqrt(2 * cfg.n_layer)
+        hidden_std_mult = 1 / math.sqrt(cfg.width_mult)  # muP: hidden weights ~ 1/sqrt(fan_in) vs the base
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                is_head = module is self.lm_head
+                if cfg.init == "transformer":
+                    std = residual_std if getattr(module, "is_residual_output", False) else cfg.init_std
+                    nn.init.normal_(module.weight, 0.0, std if is_head else std * hidden_std_mult)
+                elif cfg.init == "xavier_normal":  # std = sqrt(2 / (fan_in + fan_out)): already 1/width
+                    nn.init.xavier_normal_(module.weight)
+                else:  # kaiming_normal: std = sqrt(2 / fan_in)
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                if cfg.init == "transformer":
+                    nn.init.normal_(module.weight, 0.0, cfg.init_std)
+                elif cfg.init == "xavier_normal":
+                    nn.init.xavier_normal_(module.weight)
+                else:
+                    nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        x = self.wte(idx)
+        if self.embed_mult != 1.0:
+            x = x * self.embed_mult
+        if self.wpe is not None:
+            x = x + self.wpe.weight[:T]
+        elif self.config.pos_encoding == "sinusoidal":
+            x = x + self.sinusoidal[:T]
+        rotary = (self.rotary_cos, self.rotary_sin) if self.config.pos_encoding == "rotary" else None
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x, rotary)
+        if self.norm_f is not None:
+            x = self.norm_f(x)
+        if self.readout_mult != 1.0:
+            x = x * self.readout_mult
+        logits = F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
+        loss = None
+        if targets is not None:  # targets of -1 (unsupervised positions of task rows) are ignored
+            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
+                                   ignore_index=-1)
+        return logits, loss
+
+    # ------------------------------------------------------------------ accounting
+    def embedding_params(self):
+        return [self.wte.weight] + ([self.wpe.weight] if self.wpe is not None else [])
+
+    def num_params(self, non_embedding=False):
+        total = sum(p.numel() for p in self.parameters())  # parameters() yields a tied weight once
+        if non_embedding:
+            total -= sum(p.numel() for p in self.embedding_params())
+        return total
+
+    def flops_per_token(self):
+        """Training FLOPs per token: 6 * (weights in matmuls, head included) + 12 * n_layer * n_embd * T."""
+        cfg = self.config
+        n_matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
+        n_matmul += cfg.vocab_size * cfg.n_embd  # the output head, tied or not
+        return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+
+    def param_info(self):
+        """(name, parameter, kind, layer) for every parameter, for optimizer groups.
+        kind: 'embedding' (token/position tables), 'hidden' (matrices inside blocks), 'readout' (untied head),
+        'vector' (norm gains and biases). layer: 0 embeddings, 1..n_layer blocks, n_layer + 1 final norm/head."""
+        L = self.config.n_layer
+        for name, p in self.named_parameters():
+            if name.startswith(("wte.", "wpe.")):
+                yield name, p, "embedding", 0
+            elif name.startswith("lm_head."):
+                yield name, p, "readout", L + 1
+            elif name.startswith("norm_f."):
+                yield name, p, "vector", L + 1
+            else:
+                layer = int(name.split(".")[1]) + 1
+                yield name, p, ("hidden" if p.dim() >= 2 else "vector"), layer
+
+
+def mup_lr_mult(kind, optimizer, width_mult):
+    """muP learning-rate multipliers (Yang et al. 2022, Table 3; the rules of microsoft/mup's MuAdam/MuSGD).
+    Adam-family: hidden matrices lr / width_mult, everything else the base lr. SGD: hidden matrices the base
+    lr (fan_in/fan_out ratio 1), vector-like parameters (embeddings, norms, biases, the readout, which has the
+    1/width_mult output multiplier) lr * width_mult. A tied embedding is both input and readout: both are
+    vector-like with the same rule, so the shared matrix needs no compromise (as in mup's MuSharedReadout)."""
+    if width_mult == 1.0:
+        return 1.0
+    if optimizer == "sgd":
+        return 1.0 if kind == "hidden" else width_mult
+    return 1.0 / width_mult if kind == "hidden" else 1.0
