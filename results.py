@@ -48,8 +48,8 @@ def write_json(path, obj):
 
 
 def format_value(v):
-    if isinstance(v, float):
-        return repr(v) if math.isfinite(v) else "nan"  # repr round-trips exactly
+    if isinstance(v, float):  # numpy floats too
+        return repr(float(v)) if math.isfinite(v) else "nan"  # repr round-trips exactly
     return str(v)
 
 

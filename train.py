@@ -97,6 +97,7 @@ time_limit_s = 0.0  # wall-clock seconds of training (ends with status time_limi
 # evaluation, logging, checkpoints
 eval_interval = 250  # steps between evaluations (each writes a metrics.csv row)
 eval_iters = 20  # fixed validation batches per evaluation (task datasets: the whole validation set)
+eval_batch_size = 32  # sequences per validation batch; fixed, so the validation set ignores batch_size
 log_interval = 50  # steps between progress lines
 ckpt_interval = 0  # steps between checkpoints; 0 = at every evaluation
 early_stopping_patience = 0  # evaluations without improvement before stopping; 0 = off
@@ -144,7 +145,7 @@ def resolve_config(args):
         if c[key] not in choices:
             raise UserError(f"{key}={c[key]!r} is not one of {', '.join(map(str, choices))}")
     positive = ("n_layer", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                "eval_interval", "eval_iters", "log_interval")
+                "eval_interval", "eval_iters", "eval_batch_size", "log_interval")
     for key in positive:
         if c[key] <= 0:
             raise UserError(f"{key} must be positive, got {c[key]}")
@@ -341,14 +342,15 @@ class RowBatches:
 
 
 def validation_batches(meta, val, config):
-    """The fixed validation set, identical for every run, seed and variant on this dataset: eval_iters
-    windows-batches from a constant generator (token datasets), or every row (task datasets)."""
+    """The fixed validation set, identical for every run, seed, batch size and variant with this dataset and
+    block_size: eval_iters batches of eval_batch_size windows from a constant generator (token datasets), or
+    every row (task datasets)."""
     if meta["kind"] == "rows":
         rows = RowBatches(val, meta["supervised_positions"], 0)
-        size = max(config["batch_size"], 256)
+        size = max(config["eval_batch_size"], 256)
         return [rows.batch(np.arange(i, min(i + size, len(val)))) for i in range(0, len(val), size)]
     windows = TokenBatches(val, config["block_size"], seed=20240101)
-    return [windows.next(config["batch_size"]) for _ in range(config["eval_iters"])]
+    return [windows.next(config["eval_batch_size"]) for _ in range(config["eval_iters"])]
 
 
 # ------------------------------------------------------------------------------------------- device
@@ -457,8 +459,12 @@ class StopSignal:
 
     def __init__(self):
         self.received = None
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGTERM, signal.SIGINT,
+                                                                          signal.SIGUSR1)}
+
+    def restore(self):
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame):
         if self.received is None:
@@ -523,6 +529,13 @@ def save_checkpoint(folder, ckpt):
 def train(config):
     """Run (or resume) one training run. Returns the final status."""
     stop = StopSignal()  # first, so a signal during start-up also ends in a checkpoint, not a dead process
+    try:
+        return run_training(config, stop)
+    finally:
+        stop.restore()
+
+
+def run_training(config, stop):
     # ---- processes and device
     ddp = int(os.environ.get("RANK", -1)) != -1
     import torch.distributed as dist
@@ -769,6 +782,7 @@ def train(config):
         x_all, y_all = batches.next(config["batch_size"] * accum * world_size)
         mine = slice(rank * config["batch_size"] * accum, (rank + 1) * config["batch_size"] * accum)
         x_all, y_all = x_all[mine], y_all[mine]
+        step_loss, step_acc = 0.0, 0.0  # join the running sums only when the step completes
         for micro in range(accum):
             if micro and vote(stop.received is not None)[0]:
                 break  # the partial step is dropped; the checkpoint holds the state before it
@@ -778,9 +792,9 @@ def train(config):
             with (model.no_sync() if sync else nullcontext()):
                 with autocast:
                     logits, loss = model(x, y)
-                loss_acc += loss.detach()
+                step_loss = step_loss + loss.detach()
                 if rows:
-                    acc_acc += ((logits.detach().argmax(-1) == y) & (y != -1)).sum() / (y != -1).sum()
+                    step_acc = step_acc + ((logits.detach().argmax(-1) == y) & (y != -1)).sum() / (y != -1).sum()
                 scaler.scale(loss / accum).backward()
         else:
             if config["grad_clip"]:
@@ -789,6 +803,8 @@ def train(config):
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
+            loss_acc += step_loss
+            acc_acc += step_acc
             state["step"] += 1
             state["tokens"] += tokens_per_step
             steps_since_log += 1
