@@ -72,6 +72,7 @@ mup_output_mult = 1.0  # muP multiplier on the logits (on top of 1/width_mult)
 optimizer = "adamw"  # adamw (decoupled decay) | adam (L2 decay in the gradient) | sgd (heavy-ball momentum)
 learning_rate = 1e-3  # peak learning rate of the base parameter group
 weight_decay = 0.1  # on matrices only (no decay on biases, norms, embeddings)
+decay_embeddings = False  # also decay the embedding tables (grokking setups decay every matrix)
 beta1 = 0.9  # Adam beta1
 beta2 = 0.95  # Adam beta2
 eps = 1e-8  # Adam epsilon
@@ -89,6 +90,7 @@ min_lr = None  # floor of linear/cosine decay; None = learning_rate / 10
 # batch and budget (the first budget reached ends training; 0 = not set)
 batch_size = 16  # sequences per micro-batch per process
 gradient_accumulation_steps = 1  # micro-batches per optimizer step, all processes together (as nanoGPT)
+target_effective_batch_size = 0  # sequences per optimizer step; set: CUDA fits the micro-batch to memory
 max_iters = 2000  # optimizer steps
 max_tokens = 0  # training tokens
 max_flops = 0.0  # training FLOPs (flops_per_token x tokens)
@@ -151,7 +153,7 @@ def resolve_config(args):
             raise UserError(f"{key} must be positive, got {c[key]}")
     nonnegative = ("max_iters", "max_tokens", "max_flops", "tokens_per_param", "time_limit_s", "warmup_iters",
                    "lr_decay_iters", "ckpt_interval", "early_stopping_patience", "grad_clip", "weight_decay",
-                   "num_threads", "peak_flops", "lstm_hidden", "lstm_proj")
+                   "num_threads", "peak_flops", "lstm_hidden", "lstm_proj", "target_effective_batch_size")
     for key in nonnegative:
         if c[key] < 0:
             raise UserError(f"{key} must be >= 0, got {c[key]}")
@@ -237,7 +239,8 @@ def optimizer_groups(model, config):
     width_mult = config["n_embd"] / config["mup_base_width"] if config["use_mup"] else 1.0
     groups = {}
     for _, p, kind, layer in model.param_info():
-        decay = config["weight_decay"] if kind in ("hidden", "readout") else 0.0
+        decayed = ("hidden", "readout", "embedding") if config["decay_embeddings"] else ("hidden", "readout")
+        decay = config["weight_decay"] if kind in decayed else 0.0
         mult = mup_lr_mult(kind, config["optimizer"], width_mult) * layer_lr_mult(config, layer, config["n_layer"])
         groups.setdefault((decay, mult), []).append(p)
     return [{"params": ps, "weight_decay": d, "lr_mult": m} for (d, m), ps in groups.items()]
@@ -418,6 +421,48 @@ def device_peak_flops(config, device_type, dtype_name):
     return None
 
 
+def plan_batches(config, world_size, model, device_type, autocast, vocab_size):
+    """(micro-batch size, micro-steps per process). Without target_effective_batch_size: batch_size and
+    gradient_accumulation_steps / processes, as nanoGPT. With it: on CUDA the largest micro-batch that divides
+    the per-process share and fits in memory (probed: forward + backward, halving on out-of-memory, room left for
+    the optimizer state); elsewhere batch_size. Either way the sequences per optimizer step, and so every token
+    count, are what the config says."""
+    if not config["target_effective_batch_size"]:
+        if config["gradient_accumulation_steps"] % world_size:
+            raise UserError(f"gradient_accumulation_steps={config['gradient_accumulation_steps']} is not "
+                            f"divisible by the {world_size} processes; use a multiple of {world_size}")
+        return config["batch_size"], config["gradient_accumulation_steps"] // world_size
+    target = config["target_effective_batch_size"]
+    if target % world_size:
+        raise UserError(f"target_effective_batch_size={target} is not divisible by the {world_size} processes")
+    per_process = target // world_size
+    if device_type != "cuda":
+        if per_process % config["batch_size"]:
+            raise UserError(f"target_effective_batch_size={target} is not a multiple of batch_size="
+                            f"{config['batch_size']} x {world_size} process(es)")
+        return config["batch_size"], per_process // config["batch_size"]
+    param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    budget = 0.9 * torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    for micro in sorted((m for m in range(1, per_process + 1) if per_process % m == 0), reverse=True):
+        try:
+            torch.cuda.reset_peak_memory_stats()
+            idx = torch.randint(vocab_size, (micro, config["block_size"]), device="cuda")
+            with autocast:
+                _, loss = model(idx, idx)
+            loss.backward()
+            fits = torch.cuda.max_memory_allocated() + 2 * param_bytes <= budget  # + Adam's two moments
+        except torch.cuda.OutOfMemoryError:
+            fits = False
+        model.zero_grad(set_to_none=True)
+        loss = idx = None
+        torch.cuda.empty_cache()
+        if fits:
+            print(f"target_effective_batch_size={target}: micro-batch {micro} x {per_process // micro} "
+                  f"accumulation steps x {world_size} process(es)")
+            return micro, per_process // micro
+    raise UserError(f"not even a micro-batch of 1 sequence of block_size={config['block_size']} fits in GPU memory")
+
+
 # ------------------------------------------------------------------------------------------- small helpers
 def git_sha():
     try:
@@ -557,10 +602,6 @@ def run_training(config, stop):
     device_type = device.split(":")[0]
     if config["num_threads"]:
         torch.set_num_threads(config["num_threads"])
-    if config["gradient_accumulation_steps"] % world_size:
-        raise UserError(f"gradient_accumulation_steps={config['gradient_accumulation_steps']} is not divisible"
-                        f" by the {world_size} processes; use a multiple of {world_size}")
-    accum = config["gradient_accumulation_steps"] // world_size  # micro-steps per process
     dtype_name = pick_dtype(config, device_type)
     if device_type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -595,9 +636,10 @@ def run_training(config, stop):
     random.seed(config["seed"])
     np.random.seed(config["seed"] % 2 ** 32)
     model = build_model(config, meta["vocab_size"]).to(device)
+    micro_batch, accum = plan_batches(config, world_size, model, device_type, autocast, meta["vocab_size"])
     n_params, n_params_ne = model.num_params(), model.num_params(non_embedding=True)
     flops_per_token = model.flops_per_token()
-    tokens_per_step = config["batch_size"] * config["block_size"] * accum * world_size
+    tokens_per_step = micro_batch * config["block_size"] * accum * world_size
     total_steps = budget_steps(config, tokens_per_step, flops_per_token, n_params_ne)
     if total_steps is None and config["lr_schedule"] in ("linear", "cosine") and not config["lr_decay_iters"]:
         raise UserError(f"lr_schedule={config['lr_schedule']} needs to know the run's length: set max_iters, "
@@ -609,7 +651,8 @@ def run_training(config, stop):
     scaler = torch.amp.GradScaler(device_type, enabled=dtype_name == "float16")
     derived = {"n_params": n_params, "n_params_non_embedding": n_params_ne, "flops_per_token": flops_per_token,
                "tokens_per_step": tokens_per_step, "total_steps": total_steps, "world_size": world_size,
-               "gradient_accumulation_steps_per_process": accum, "device": device, "dtype": dtype_name,
+               "micro_batch_size": micro_batch, "gradient_accumulation_steps_per_process": accum,
+               "device": device, "dtype": dtype_name,
                "compile": use_compile, "vocab_size": meta["vocab_size"], "torch": torch.__version__,
                "git_sha": git_sha()}
     columns = results.METRICS_COLUMNS + (results.TASK_COLUMNS if rows else [])
@@ -779,14 +822,14 @@ def run_training(config, stop):
         lr = lr_at(state["step"], config, schedule_steps) if schedule_steps else config["learning_rate"]
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_mult"]
-        x_all, y_all = batches.next(config["batch_size"] * accum * world_size)
-        mine = slice(rank * config["batch_size"] * accum, (rank + 1) * config["batch_size"] * accum)
+        x_all, y_all = batches.next(micro_batch * accum * world_size)
+        mine = slice(rank * micro_batch * accum, (rank + 1) * micro_batch * accum)
         x_all, y_all = x_all[mine], y_all[mine]
         step_loss, step_acc = 0.0, 0.0  # join the running sums only when the step completes
         for micro in range(accum):
             if micro and vote(stop.received is not None)[0]:
                 break  # the partial step is dropped; the checkpoint holds the state before it
-            b = slice(micro * config["batch_size"], (micro + 1) * config["batch_size"])
+            b = slice(micro * micro_batch, (micro + 1) * micro_batch)
             x, y = to_device(x_all[b]), to_device(y_all[b])
             sync = ddp and micro < accum - 1
             with (model.no_sync() if sync else nullcontext()):

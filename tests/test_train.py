@@ -80,7 +80,9 @@ def test_train_loss_is_the_mean_since_the_previous_row(stdlib_data, tmp_path):
 def test_micro_batching_does_not_change_the_curve(stdlib_data, tmp_path):
     """8 sequences x 4 accumulation steps and 32 x 1 see the same data and give the same loss curve."""
     _, _, small = run_in_process(tiny(stdlib_data, tmp_path, "--max_iters=20", "--run_name=m8",
-                                      "--batch_size=8", "--gradient_accumulation_steps=4"))
+                                      "--batch_size=8", "--target_effective_batch_size=32"))
+    assert small["derived"]["micro_batch_size"] == 8 and small["derived"][
+        "gradient_accumulation_steps_per_process"] == 4
     _, _, big = run_in_process(tiny(stdlib_data, tmp_path, "--max_iters=20", "--run_name=m32",
                                     "--batch_size=32", "--gradient_accumulation_steps=1"))
     assert [r["tokens"] for r in small["metrics"]] == [r["tokens"] for r in big["metrics"]] == [10240, 20480]
