@@ -51,6 +51,8 @@ class LSTMConfig:
 class LSTMLM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
+        if cfg.lstm_init not in LSTM_INITS:  # a typo must not fall through to some default
+            raise ValueError(f"lstm_init={cfg.lstm_init!r} is not one of {', '.join(LSTM_INITS)}")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)
