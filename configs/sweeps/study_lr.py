@@ -11,9 +11,9 @@ LRs 1e-3 ... 1.6e-2 (factors of 2), and each ablation variant at width 64 over 2
 """
 study = "study_lr"
 WIDTHS = param("widths", [32, 64, 128])
-LRS = param("lrs", [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2])
+LRS = param("lrs", [5e-4, 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2, 3.2e-2, 6.4e-2])
 ABLATION_WIDTH = param("ablation_width", 64)
-ABLATION_LRS = param("ablation_lrs", [2e-3, 4e-3, 8e-3])
+ABLATION_LRS = param("ablation_lrs", [1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2])
 fixed = dict(dataset="stdlib", max_tokens=param("tokens", 1_000_000), eval_interval=100, eval_iters=10,
              keep_ckpt=False)
 FAMILIES = variants("configs/retro_2017.py", "configs/modern.py", "configs/lstm.py")
