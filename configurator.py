@@ -33,8 +33,12 @@ def unknown_key_error(key, known, where):
 
 def coerce(key, value, default, raw=None):
     """Convert value to the type of the key's default. raw is the command-line text, if any."""
-    if default is None or value is None:
-        return value  # keys defaulting to None take any literal; None resets a key to 'off/auto'
+    if default is None:
+        return value  # keys defaulting to None take any literal (None included: 'off/auto')
+    if value is None:
+        if isinstance(default, str) and raw is not None:
+            return raw  # --label=None is the text 'None', as --run_name=123 is '123'
+        raise UserError(f"config key '{key}' cannot be None; its default is {default!r}")
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -50,9 +54,11 @@ def coerce(key, value, default, raw=None):
             return int(value)  # --max_tokens=1e6
         raise UserError(f"config key '{key}' expects an integer, got {value!r}")
     if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if number and abs(value) < 2 ** 1024:  # not nan or inf: no key means anything by them
             return float(value)  # --learning_rate=1
-        raise UserError(f"config key '{key}' expects a number, got {value!r}")
+        raise UserError(f"config key '{key}' expects a number, got {value!r}" + (" (it must be finite)" if number
+                                                                                  else ""))
     if isinstance(default, str):
         if isinstance(value, (str, bool)):
             return value  # bools pass through for 'auto'-style keys such as compile; validation decides

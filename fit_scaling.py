@@ -139,7 +139,8 @@ def read_csv_points(path, args, skipped):
 
 def add_point(points, skipped, family, run, n, d, c, loss):
     values = (n, d, c, loss)
-    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+    # abs(v) < 2**1024: an integer too large for a float (a garbled config.json) counts as non-finite
+    if not all(isinstance(v, (int, float)) and abs(v) < 2 ** 1024 and math.isfinite(v) for v in values):
         skipped["non-finite value(s)"] = skipped.get("non-finite value(s)", 0) + 1
         return
     if min(values) <= 0:

@@ -80,13 +80,15 @@ def read_json(path):
             return json.load(f), None
     except FileNotFoundError:
         return None, f"no {os.path.basename(path)}"
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as e:
+    except RecursionError:  # absurdly nested garbage
+        return None, f"unreadable {os.path.basename(path)} (nested too deeply)"
+    except (OSError, ValueError, UnicodeDecodeError) as e:
         return None, f"unreadable {os.path.basename(path)} ({type(e).__name__})"
 
 
 def parse_number(text):
-    v = float(text)  # accepts 'nan', 'inf'; raises ValueError on garbage
-    return int(v) if text.strip().lstrip("-").isdigit() else v
+    v = float(text)  # accepts 'nan', 'inf'; raises ValueError on garbage; too many digits give inf
+    return int(v) if text.strip().lstrip("-").isdigit() and math.isfinite(v) else v
 
 
 def read_metrics(path):
@@ -138,7 +140,8 @@ def read_run(path):
     if final is None:
         status = "running_or_killed" if config is not None else "not_started"
     else:
-        status = final.get("status", "unknown")
+        status = final.get("status")
+        status = status if isinstance(status, str) else "unknown"  # a hand-edited file: never a list or a number
     derived = (config or {}).get("derived") or {}
     return {"path": path, "name": os.path.basename(os.path.normpath(path)), "config": config,
             "derived": derived if isinstance(derived, dict) else {}, "final": final, "status": status,

@@ -12,6 +12,7 @@ order. Re-running the same command resumes an interrupted run from its checkpoin
 alone (--overwrite=True trains it again). SIGTERM, SIGINT and SIGUSR1 checkpoint and exit with status 75.
 Exit status: 0 finished (completed, diverged, early_stopped, time_limit), 75 interrupted, 2 bad input, 1 crash.
 """
+import errno
 import math
 import os
 import random
@@ -146,25 +147,34 @@ def resolve_config(args):
     for key, choices in CHOICES.items():
         if c[key] not in choices:
             raise UserError(f"{key}={c[key]!r} is not one of {', '.join(map(str, choices))}")
-    positive = ("n_layer", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
-                "eval_interval", "eval_iters", "eval_batch_size", "log_interval")
+    positive = ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "gradient_accumulation_steps",
+                "eval_interval", "eval_iters", "eval_batch_size", "log_interval", "mlp_ratio")
     for key in positive:
         if c[key] <= 0:
             raise UserError(f"{key} must be positive, got {c[key]}")
     nonnegative = ("max_iters", "max_tokens", "max_flops", "tokens_per_param", "time_limit_s", "warmup_iters",
                    "lr_decay_iters", "ckpt_interval", "early_stopping_patience", "grad_clip", "weight_decay",
-                   "num_threads", "peak_flops", "lstm_hidden", "lstm_proj", "target_effective_batch_size")
+                   "num_threads", "peak_flops", "lstm_hidden", "lstm_proj", "target_effective_batch_size", "eps",
+                   "momentum", "init_std", "lstm_init_range")
     for key in nonnegative:
         if c[key] < 0:
             raise UserError(f"{key} must be >= 0, got {c[key]}")
+    if c["device"] != "auto":
+        try:
+            torch.device(c["device"])
+        except (RuntimeError, ValueError):
+            raise UserError(f"device={c['device']!r} is not a device: use auto, cpu, cuda, cuda:N or mps")
     if not c["learning_rate"] > 0 or not math.isfinite(c["learning_rate"]):
         raise UserError(f"learning_rate must be a positive number, got {c['learning_rate']}")
-    if c["min_lr"] is not None and (not isinstance(c["min_lr"], (int, float)) or c["min_lr"] < 0):
+    if c["min_lr"] is not None and (not isinstance(c["min_lr"], (int, float)) or not 0 <= c["min_lr"] < math.inf):
         raise UserError(f"min_lr must be a number >= 0 or None, got {c['min_lr']!r}")
     if not 0 <= c["dropout"] < 1:
         raise UserError(f"dropout must be in [0, 1), got {c['dropout']}")
-    if not 0 <= c["warmup_frac"] < 1:
-        raise UserError(f"warmup_frac must be in [0, 1), got {c['warmup_frac']}")
+    for key in ("warmup_frac", "beta1", "beta2"):
+        if not 0 <= c[key] < 1:
+            raise UserError(f"{key} must be in [0, 1), got {c[key]}")
+    if c["optimizer"] == "sgd" and c["nesterov"] and not c["momentum"]:
+        raise UserError("nesterov=True needs momentum > 0")
     if c["arch"] == "transformer":
         if c["n_embd"] % c["n_head"]:
             raise UserError(f"n_embd={c['n_embd']} is not divisible by n_head={c['n_head']}")
@@ -186,7 +196,7 @@ def resolve_config(args):
     if c["layer_lr_mults"] is not None:
         mults = c["layer_lr_mults"]
         if not isinstance(mults, (list, tuple)) or len(mults) not in (3, c["n_layer"] + 2) or not all(
-                isinstance(m, (int, float)) and m >= 0 for m in mults):
+                isinstance(m, (int, float)) and 0 <= m < math.inf for m in mults):
             raise UserError(f"layer_lr_mults must be a list of 3 numbers [embeddings, lower blocks, upper blocks"
                             f" + head] or n_layer + 2 = {c['n_layer'] + 2} numbers, got {mults!r}")
     if not c["layer_lr_ramp"] > 0:
@@ -199,8 +209,9 @@ def resolve_config(args):
     if not c["run_name"]:
         c["run_name"] = f"{c['label']}_{c['n_embd']}d_lr{c['learning_rate']:.1e}_s{c['seed']}"
     for key in ("study", "run_name"):
-        if not c[key] or "/" in c[key] or c[key] in (".", ".."):
-            raise UserError(f"{key}={c[key]!r} must be a plain folder name")
+        if not c[key] or "/" in c[key] or "\0" in c[key] or c[key] in (".", "..") or \
+                len(c[key].encode(errors="surrogatepass")) > 255:
+            raise UserError(f"{key}={c[key]!r} must be a plain folder name (at most 255 bytes)")
     c["config_files"] = config_files  # recorded in config.json for provenance
     return c
 
@@ -359,6 +370,13 @@ def validation_batches(meta, val, config):
 # ------------------------------------------------------------------------------------------- device
 def pick_device(config):
     if config["device"] != "auto":
+        device = torch.device(config["device"])  # a valid name: resolve_config checked it
+        mps = getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+        if (device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count()) or \
+                (device.type == "mps" and not mps):
+            raise UserError(f"device={config['device']!r} is not available on this machine "
+                            f"({torch.cuda.device_count()} CUDA device(s), mps {'yes' if mps else 'no'}); "
+                            f"use --device=auto")
         return config["device"]
     if torch.cuda.is_available():
         return "cuda"
@@ -558,8 +576,14 @@ def save_checkpoint(folder, ckpt):
     path = os.path.join(folder, "ckpt.pt")
     tmp = os.path.join(folder, f"ckpt.pt.tmp{os.getpid()}")
     try:
-        torch.save(ckpt, tmp)
-        with open(tmp, "rb") as f:
+        with open(tmp, "wb") as f:  # a Python file, so a failed write (disk full) is an OSError underneath
+            try:
+                torch.save(ckpt, f)
+            except RuntimeError as e:  # torch reports the failed write as a RuntimeError; raise the OSError
+                if isinstance(e.__context__, OSError):
+                    raise e.__context__ from None
+                raise
+            f.flush()
             os.fsync(f.fileno())
     except BaseException:
         if os.path.exists(tmp):
@@ -686,6 +710,10 @@ def run_training(config, stop):
         state.update(ckpt["state"])
         rng = ckpt["rng"][rank] if rank < len(ckpt["rng"]) else ckpt["rng"][0]
         restore_rng(rng, batches)
+        pending = ckpt.get("pending")  # absent from older checkpoints: their "state" holds rank 0's sums
+        if pending:  # this process's sums; their mean on every process if the number of processes changed
+            state.update(pending[rank] if len(pending) == world_size else
+                         {k: sum(p[k] for p in pending) / len(pending) for k in pending[0]})
         if master:
             print(f"resuming {folder} from step {state['step']}")
     if master:
@@ -739,16 +767,19 @@ def run_training(config, stop):
         return sums[0].item() / sums[2].item(), (sums[1].item() / sums[2].item() if rows else None)
 
     def checkpoint(rng_state):
-        rng_states = [rng_state]
+        # every process's RNG states, and its loss sums since the last progress line (they live on its device
+        # and differ between processes until the next all-reduce)
+        mine = (rng_state, {"pending_loss": loss_acc.item(), "pending_acc": acc_acc.item()})
+        per_process = [mine]
         if ddp:
-            rng_states = [None] * world_size
-            dist.all_gather_object(rng_states, rng_state, group=cpu_group)
-        # the loss sums since the last progress line live on the device; they go into the checkpoint too
-        pending = {"pending_loss": loss_acc.item(), "pending_acc": acc_acc.item(), "steps_since_log": steps_since_log}
+            per_process = [None] * world_size
+            dist.all_gather_object(per_process, mine, group=cpu_group)
         if master:
             save_checkpoint(folder, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scaler": scaler.state_dict(), "state": {**state, **pending},
-                                     "rng": rng_states, "config": config})
+                                     "scaler": scaler.state_dict(),
+                                     "state": {**state, "steps_since_log": steps_since_log},
+                                     "rng": [r for r, _ in per_process], "pending": [p for _, p in per_process],
+                                     "config": config})
 
     def write_row(val_loss, val_acc, lr):
         train_loss = state["train_loss_sum"] / state["train_loss_steps"] if state["train_loss_steps"] else \
@@ -948,6 +979,9 @@ def prepare_run_folder(folder, config):
               f"--overwrite=True trains it again")
         return "finished"
     os.makedirs(folder, exist_ok=True)
+    for name in os.listdir(folder):  # left by a run killed in an atomic write (ckpt.pt.tmp<pid>, ...): never read
+        if ".tmp" in name and name.rsplit(".tmp", 1)[1].isdigit():
+            os.remove(os.path.join(folder, name))
     ckpt = load_checkpoint(folder)
     if ckpt is None and os.path.exists(os.path.join(folder, "metrics.csv")):
         print(f"warning: {folder} has no usable checkpoint; starting the run from scratch", file=sys.stderr)
@@ -974,9 +1008,12 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno == 28:  # ENOSPC: earlier files are intact (every write is atomic or append-only)
-            print(f"error: disk full while writing results ({e.filename or ''}); free space and run the same "
-                  f"command again to resume", file=sys.stderr)
+        # disk full, over quota, or over the file-size limit: earlier files are intact (every write is atomic or
+        # append-only) and the last checkpoint is kept, so the same command resumes once there is room
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            print(f"error: {e.strerror} while writing {e.filename or run_folder(config)}; make room (free disk "
+                  f"space, raise the quota or file-size limit) and run the same command again to resume",
+                  file=sys.stderr)
             return 2
         raise
     return EXIT_INTERRUPTED if status == "interrupted" else 0

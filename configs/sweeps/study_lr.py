@@ -20,6 +20,9 @@ FAMILIES = variants("configs/retro_2017.py", "configs/modern.py", "configs/lstm.
 ABLATIONS = variants("configs/ablations/*.py")
 runs = [dict(config=[v["config"], f"configs/widths/{w}d.py"], label=v["label"], learning_rate=lr)
         for v in FAMILIES for w in WIDTHS for lr in LRS]
+LSTM_EXTRA_LRS = param("lstm_extra_lrs", [1.28e-1, 2.56e-1])  # the LSTM's optimum lies above the common grid
+runs += [dict(config=["configs/lstm.py", f"configs/widths/{w}d.py"], label="lstm", learning_rate=lr)
+         for w in WIDTHS for lr in LSTM_EXTRA_LRS]
 runs += [dict(config=[v["config"], f"configs/widths/{ABLATION_WIDTH}d.py"], label=v["label"], learning_rate=lr)
          for v in ABLATIONS for lr in ABLATION_LRS if v["label"] != "modern"]
 seeds = [1]
