@@ -196,6 +196,31 @@ def suite(opts, data_dir):
     similar = ["--n_layer=4", "--n_embd=256", "--n_head=4", "--block_size=128", "--batch_size=16"]
     report("Transformer 4L x 256 train.py fp32", time_trainer(similar + ["--dtype=float32"], steps, warm,
                                                               data_dir), peak32)
+    overhead(data_dir)
+
+
+def overhead(data_dir, steps=500):
+    """What evaluation, logging, checkpointing and start-up add to training time at the default intervals:
+    train.py's default model for `steps` steps, wall time of the whole train() call against metrics.csv's
+    elapsed_s (training only)."""
+    import contextlib
+    import io
+    folder = tempfile.mkdtemp(prefix="bench-")
+    try:
+        config = train.resolve_config([f"--max_iters={steps}", f"--results_dir={folder}", "--run_name=overhead",
+                                       f"--data_dir={data_dir}"])
+        start = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            train.train(config)
+        total = time.perf_counter() - start
+        run = results.read_run(train.run_folder(config))
+        trained = run["final"]["elapsed_s"]
+        print(f"default intervals (eval every {config['eval_interval']} steps x {config['eval_iters']} batches, "
+              f"log every {config['log_interval']}, checkpoint at each eval), {steps} steps of the default model: "
+              f"training {trained:.1f} s, everything else {total - trained:.1f} s "
+              f"({100 * (total - trained) / trained:.1f}% of training time)")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def profile(args, data_dir):
