@@ -482,7 +482,8 @@ def pick_best_lr_runs(runs, metric):
 
 
 def ceg_tables(records, metric="final", baseline=None, target=None, width=None, n_boot=N_BOOTSTRAP):
-    """One table per (study, width) with at least two variants: every variant against the baseline."""
+    """One table per (study, width, dataset) with at least two variants: every variant against the baseline.
+    Runs on different datasets are never compared (a grokking study has one table per task)."""
     tables = []
     studies = group(records, lambda r: (r["study"],))
     if baseline is not None and not any(r["label"] == baseline for r in records):
@@ -497,13 +498,15 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
             tables.append({"study": study, "width": None, "baseline": base_label, "baseline_default": False,
                            "rows": [], "variants": {}, "notes": [f"no runs of baseline '{base_label}': no CEG"]})
             continue
-        for (w,), runs in group(study_runs, lambda r: (r["width"],)).items():
+        several_datasets = len({r["dataset"] for r in study_runs}) > 1
+        for (w, ds), runs in group(study_runs, lambda r: (r["width"], r["dataset"])).items():
             if (width is not None and w != width) or w is None:
                 continue
             variants = group(runs, lambda r: (r["label"], r["arch"]))
             if len(variants) < 2:
                 continue
-            table = {"study": study, "width": w, "baseline": base_label, "baseline_default": baseline is None,
+            table = {"study": study, "width": w, "dataset": ds if several_datasets else None,
+                     "baseline": base_label, "baseline_default": baseline is None,
                      "rows": [], "notes": [], "variants": {}}
             tables.append(table)
             if not any(label == base_label for label, _ in variants):
@@ -542,7 +545,7 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
                 result["note"] = "; ".join(result["note"])
                 name = f"{label}/{arch}" if labels.count(label) > 1 else label
                 table["rows"].append({
-                    "study": study, "width": w, "label": name, "arch": arch, "baseline": base_label,
+                    "study": study, "width": w, "dataset": ds, "label": name, "arch": arch, "baseline": base_label,
                     "is_baseline": is_baseline, "learning_rate": v["lr"], "n_lrs": v["n_lrs"],
                     "target_loss": table["target"], "n_seeds": len(v["runs"]), **result})
             table["rows"].sort(key=lambda r: (r["bound"] == "unknown", -r["ceg"]))
@@ -550,6 +553,14 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
 
 
 BOUND_PREFIX = {None: "", "lower": ">", "upper": "<", "unknown": "?"}
+
+
+def where_dataset(table):
+    return f", {table['dataset']}" if table.get("dataset") else ""
+
+
+def file_dataset(table):
+    return f"_{table['dataset']}" if table.get("dataset") else ""
 
 
 def format_ceg(row):
@@ -688,7 +699,7 @@ def print_lr(table, trends, metric, detailed):
 
 def print_ceg(tables, metric, verbose):
     for t in tables:
-        where = f", width {t['width']}" if t["width"] is not None else ""
+        where = (f", width {t['width']}" if t["width"] is not None else "") + where_dataset(t)
         print(f"\n== {t['study']}{where}: compute-equivalent gain vs '{t['baseline']}' ==")
         if t["baseline_default"]:
             print(f"baseline '{t['baseline']}' by default ('baseline', else 'modern', else the first label "
@@ -875,11 +886,11 @@ def plot_ceg(t, folder, written):
     if unknown:
         xlabel += "\nnot shown (neither side reaches the target): " + ", ".join(unknown)
     ax.set_xlabel(plot_label(xlabel))
-    ax.set_title(plot_label(f"{t['study']}, width {t['width']}: compute-equivalent gain vs '{t['baseline']}'\n"
+    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: compute-equivalent gain vs '{t['baseline']}'\n"
                             f"target val loss {t['target']:.3f}; whiskers: 95% bootstrap CI over seeds"),
                  fontsize=10)
     ax.grid(alpha=0.3, axis="x", which="both")
-    save(fig, os.path.join(folder, f"ceg_w{t['width']}.png"), written)
+    save(fig, os.path.join(folder, f"ceg_w{t['width']}{file_dataset(t)}.png"), written)
 
 
 def plot_curves(t, folder, written):
@@ -911,11 +922,11 @@ def plot_curves(t, folder, written):
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("training FLOPs (log scale)")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(plot_label(f"{t['study']}, width {t['width']}: validation loss vs compute (each label at its "
+    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: validation loss vs compute (each label at its "
                             f"best LR)\ndots: first crossing of the target"), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    save(fig, os.path.join(folder, f"curves_w{t['width']}.png"), written)
+    save(fig, os.path.join(folder, f"curves_w{t['width']}{file_dataset(t)}.png"), written)
 
 
 def plot_accuracy(records, study, folder, written):
@@ -1025,7 +1036,7 @@ def report(records, skipped, lr_table, trends, tables, acc, vs, plots):
     lr_keys = ["study", "label", "arch", "width", "best_lr", "best_val_loss", "refined_lr", "refined_loss",
                "at_edge", "widen_toward", "runner_up_lr", "runner_up_loss", "n_lrs", "lrs", "losses", "n_runs",
                "n_diverged", "seeds", "note"]
-    ceg_keys = ["study", "width", "label", "arch", "baseline", "is_baseline", "target_loss", "ceg", "bound",
+    ceg_keys = ["study", "width", "dataset", "label", "arch", "baseline", "is_baseline", "target_loss", "ceg", "bound",
                 "ci_low", "ci_high", "n_pairs", "n_seeds", "learning_rate", "n_lrs", "flops_to_target", "flops_bound",
                 "per_seed", "note"]
     return clean({
@@ -1040,7 +1051,7 @@ def report(records, skipped, lr_table, trends, tables, acc, vs, plots):
         "best_lr": [{k: r[k] for k in lr_keys} for r in lr_table],
         "lr_trend": trends,
         "ceg": [{k: r[k] for k in ceg_keys} for t in tables for r in t["rows"]],
-        "ceg_tables": [{"study": t["study"], "width": t["width"], "baseline": t["baseline"],
+        "ceg_tables": [{"study": t["study"], "width": t["width"], "dataset": t.get("dataset"), "baseline": t["baseline"],
                         "target_loss": t.get("target"), "target_default": t.get("target_default"),
                         "notes": t["notes"]} for t in tables],
         "steps_to_acc": acc,

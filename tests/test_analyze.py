@@ -167,6 +167,27 @@ def test_curve_shifted_by_k_in_flops_gets_ceg_k(tmp_path, k):
     assert table["baseline"] == "modern" and variant["n_pairs"] == 3
 
 
+def test_ceg_never_compares_runs_on_different_datasets(tmp_path):
+    """A study over several tasks (the grokking sweep) gets one CEG table per dataset: on task A the variant is
+    worth 2x, on task B 0.5x; pooled they would be meaningless."""
+    for seed in (1, 2):
+        base = [(1e12 * 2 ** i, 2.0 + 3.0 * 2 ** (-0.3 * i)) for i in range(10)]
+        for dataset, k in (("task_a", 2.0), ("task_b", 0.5)):
+            write_run(tmp_path, "baseline", seed=seed, dataset=dataset, curve=base,
+                      run_name=f"baseline_s{seed}_{dataset}")
+            write_run(tmp_path, "variant", seed=seed, dataset=dataset, curve=[(f / k, loss) for f, loss in base],
+                      run_name=f"variant_s{seed}_{dataset}")
+    records, _ = load(tmp_path)
+    tables = analyze.ceg_tables(records, target=2.9)
+    assert [t["dataset"] for t in tables] == ["task_a", "task_b"]
+    for t, k in zip(tables, (2.0, 0.5)):
+        variant = next(r for r in t["rows"] if r["label"] == "variant")
+        assert variant["ceg"] == pytest.approx(k, rel=1e-12) and variant["n_pairs"] == 2 and not t["notes"]
+    rc, out = run_main([tmp_path, "--target", "2.9"])
+    assert rc == 0 and "== study, width 64, task_a: compute-equivalent gain" in out
+    assert os.path.exists(tmp_path / "study" / "plots" / "ceg_w64_task_b.png")
+
+
 def test_ceg_uses_each_labels_best_lr_at_its_width(tmp_path):
     for seed in (1, 2):
         for lr in (3e-4, 1e-3, 3e-3):
