@@ -590,7 +590,13 @@ def save_checkpoint(folder, ckpt):
             os.remove(tmp)
         raise
     if os.path.exists(path):
-        os.replace(path, os.path.join(folder, "ckpt.prev.pt"))
+        prev = os.path.join(folder, "ckpt.prev.pt")
+        try:  # a hard link, so that ckpt.pt exists at every moment (a kill between two renames would leave none)
+            if os.path.lexists(prev):
+                os.remove(prev)
+            os.link(path, prev)
+        except OSError:  # filesystems without hard links: rename (resume then falls back to ckpt.prev.pt)
+            os.replace(path, prev)
     os.replace(tmp, path)
 
 
