@@ -368,8 +368,11 @@ def test_ddp_dead_or_hung_rank_ends_the_group_and_the_same_command_resumes(stdli
     t0 = time.time()
     os.kill(ranks[1], signal.SIGSTOP)
     # the uninterrupted run to compare with, meanwhile (rank 0 mostly waits)
+    # (a generous timeout for the runs that must finish: a 5 s one can trip on a loaded machine, where rank 0's
+    # fsync'd checkpoint at every step keeps rank 1 waiting)
+    patient = ["--ddp_timeout_s=120"]
     uninterrupted = torchrun(DDP + [f"--data_dir={stdlib_data}", f"--results_dir={tmp_path}",
-                                    "--run_name=uninterrupted"], tmp_path)
+                                    "--run_name=uninterrupted"] + patient, tmp_path)
     while not gone(ranks[0]) and time.time() - t0 < 90:
         time.sleep(0.05)
     waited = time.time() - t0
@@ -377,7 +380,7 @@ def test_ddp_dead_or_hung_rank_ends_the_group_and_the_same_command_resumes(stdli
     assert run.finish(timeout=90) != 0
     assert gone(ranks[0]) and waited < 5 + 30, waited  # ddp_timeout_s and some slack, not forever
 
-    resumed = torchrun(args, tmp_path)
+    resumed = torchrun(args + patient, tmp_path)  # ddp_timeout_s is not part of the run's identity
     assert resumed.finish(timeout=300) == 0, resumed.stderr[-3000:]
     assert resumed.saw("resuming")
     assert int(next(line for line in run.out if "resuming" in line).split()[-1]) % 40  # inside an interval
