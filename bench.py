@@ -17,6 +17,8 @@ beside a plain nn.LSTM loop and the Transformer of similar parameter count. Rati
 machine's load changes absolute numbers.
 """
 import argparse
+import contextlib
+import io
 import math
 import os
 import shutil
@@ -45,8 +47,6 @@ def time_trainer(args, steps, warmup, data_dir):
             "--keep_ckpt=False", f"--data_dir={data_dir}", "--lr_schedule=constant", "--warmup_iters=0"])
         if (warmup + steps) % warmup:
             raise UserError("--steps must be a multiple of --warmup")
-        import contextlib
-        import io
         with contextlib.redirect_stdout(io.StringIO()):
             train.train(config)
         run = results.read_run(train.run_folder(config))
@@ -203,8 +203,6 @@ def overhead(data_dir, steps=500):
     """What evaluation, logging, checkpointing and start-up add to training time at the default intervals:
     train.py's default model for `steps` steps, wall time of the whole train() call against metrics.csv's
     elapsed_s (training only)."""
-    import contextlib
-    import io
     folder = tempfile.mkdtemp(prefix="bench-")
     try:
         config = train.resolve_config([f"--max_iters={steps}", f"--results_dir={folder}", "--run_name=overhead",
