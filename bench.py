@@ -12,7 +12,7 @@ metrics.csv's elapsed_s.
 --suite times, side by side and interleaved (so a busy machine slows both alike), train.py against a reference
 loop written the way nanoGPT-class trainers are (GPT-2 block, learned positions, GELU, LayerNorm with biases,
 AdamW as torch picks it by default, the memmap re-opened for every batch, a loss.item() per step), at 2L x 64,
-4L x 128 and 6L x 256 (block 128, batch 16), fp32; then train.py with dtype='auto'; then the LSTM at 2L x 256
+4L x 128 and 6L x 256 (block 128, batch 16), fp32, and train.py with dtype='auto'; then the LSTM at 2L x 256
 beside a plain nn.LSTM loop and the Transformer of similar parameter count. Ratios are what to read: the
 machine's load changes absolute numbers.
 """
@@ -147,11 +147,6 @@ def header(peak):
     print(f"  {'':<34} {'ms/step':>8} {'tokens/s':>10} {'MFLOP/tok':>8} {'GFLOP/s':>8} {'MFU':>6} {'vs ref':>6}")
 
 
-def median_of(fn, repeats):
-    values = [fn() for _ in range(repeats)]
-    return sorted(values, key=lambda r: r["tokens_per_s"] if isinstance(r, dict) else r)[len(values) // 2]
-
-
 def suite(opts, data_dir):
     path = os.path.join(data_dir, "stdlib", "train.bin")
     peak32 = train.measure_cpu_peak("float32")
@@ -167,19 +162,19 @@ def suite(opts, data_dir):
         warm = {64: 20, 128: 10, 256: 5}[d]
         steps = math.ceil(steps / warm) * warm
         fpt = train.build_model(train.resolve_config(base), 257).flops_per_token()
-        ref, ours = [], []
-        for _ in range(opts.repeats):  # interleaved, so load changes hit both
+        ref, ours, auto = [], [], []
+        for _ in range(opts.repeats):  # interleaved, so load changes hit all three alike
             torch.manual_seed(0)
             ref.append(time_reference(RefGPT(257, 128, n_layer, d, n_head), path, 128, 16, steps, warm))
             ours.append(time_trainer(base + ["--dtype=float32"], steps, warm, data_dir))
+            auto.append(time_trainer(base + ["--dtype=auto"], steps, warm, data_dir))
         ref_tps = sorted(ref)[len(ref) // 2]
-        ours_r = sorted(ours, key=lambda r: r["tokens_per_s"])[len(ours) // 2]
+        ours_r, auto_r = (sorted(runs, key=lambda r: r["tokens_per_s"])[len(runs) // 2] for runs in (ours, auto))
         report(f"{n_layer}L x {d} reference fp32", {"tokens_per_s": ref_tps, "flops_per_token": fpt,
                                                     "flops_per_s": ref_tps * fpt,
                                                     "ms_per_step": 2048e3 / ref_tps}, peak32)
         report(f"{n_layer}L x {d} train.py fp32", ours_r, peak32, ref_tps)
-        auto = median_of(lambda: time_trainer(base + ["--dtype=auto"], steps, warm, data_dir), opts.repeats)
-        report(f"{n_layer}L x {d} train.py auto ({auto['dtype']})", auto, peak32, ref_tps)
+        report(f"{n_layer}L x {d} train.py auto ({auto_r['dtype']})", auto_r, peak32, ref_tps)
     # the LSTM beside a plain nn.LSTM loop and a Transformer of similar parameter count
     lstm = ["--arch=lstm", "--n_layer=2", "--n_embd=256", "--block_size=128", "--batch_size=16"]
     steps, warm = 20 * opts.scale, 5

@@ -356,6 +356,55 @@ def test_qk_norm_normalizes_queries_and_keys():
     assert build(qk_norm=True).num_params() == build().num_params() + L * 2 * (D // H)
 
 
+@pytest.mark.parametrize("scale", [None, 0.05])
+def test_bf16_cpu_attention_matches_sdpa(scale):
+    """The plain-ops attention that bf16 on CPU uses (faster there than torch's bf16 SDPA kernel) computes causal
+    attention: outputs and gradients as fp32 SDPA's, to bf16 precision, and no worse than bf16 SDPA itself."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 16, 8) for _ in range(3))
+    grad = torch.randn(2, 3, 16, 8)
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves)
+        out.backward(grad.to(dtype))
+        return [out.float()] + [t.grad.float() for t in leaves]
+
+    exact = run(lambda *a: F.scaled_dot_product_attention(*a, is_causal=True, scale=scale), torch.float64)
+    ours = run(lambda *a: model.causal_attention_bf16_cpu(*a, scale, 0.0), torch.bfloat16)
+    sdpa16 = run(lambda *a: F.scaled_dot_product_attention(*a, is_causal=True, scale=scale), torch.bfloat16)
+    for mine, ref, theirs in zip(ours, exact, sdpa16):
+        err, their_err = (mine.double() - ref).abs().max(), (theirs.double() - ref).abs().max()
+        assert err < 0.05 and err <= 2 * their_err + 1e-3, (err, their_err)
+    # causal: the first position sees only itself
+    torch.testing.assert_close(ours[0][:, :, 0], v[:, :, 0].bfloat16().float())
+
+
+def test_attention_under_bf16_autocast_takes_the_cpu_path_and_trains():
+    """Under CPU bf16 autocast the model's attention goes through causal_attention_bf16_cpu, agrees with the fp32
+    model, and its causal mask (cached) works in training after a first use under inference_mode."""
+    torch.manual_seed(0)
+    net = build()
+    idx = torch.randint(0, V, (2, T))
+    calls = []
+    original = model.causal_attention_bf16_cpu
+    model.causal_attention_bf16_cpu = lambda *a: calls.append(1) or original(*a)
+    try:
+        model.causal_mask.cache_clear()
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16):
+            net(idx)
+        with torch.autocast("cpu", torch.bfloat16):
+            logits16, loss16 = net(idx, idx)
+        loss16.backward()
+    finally:
+        model.causal_attention_bf16_cpu = original
+    assert len(calls) == 2 * L
+    logits32, loss32 = net(idx, idx)
+    assert abs(loss16.item() - loss32.item()) < 0.02
+    assert (logits16.float() - logits32).abs().max() < 0.1
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+
+
 # ------------------------------------------------------------------------------------------- init
 def std_of(t):
     return t.float().std().item()
