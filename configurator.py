@@ -60,9 +60,9 @@ def coerce(key, value, default, raw=None):
         raise UserError(f"config key '{key}' expects a number, got {value!r}" + (" (it must be finite)" if number
                                                                                   else ""))
     if isinstance(default, str):
-        if isinstance(value, (str, bool)):
-            return value  # bools pass through for 'auto'-style keys such as compile; validation decides
-        if isinstance(value, (int, float)):
+        if isinstance(value, str) or (isinstance(value, bool) and default == "auto"):
+            return value  # bools pass through for 'auto' keys such as compile; validation decides
+        if isinstance(value, (int, float)):  # bools included: --run_name=True is the text 'True'
             return raw if raw is not None else str(value)  # --run_name=123 stays '123'
         raise UserError(f"config key '{key}' expects a string, got {value!r}")
     if isinstance(default, (list, tuple)):
@@ -92,6 +92,8 @@ def apply_config_file(path, config, defaults):
         raise UserError(f"{path}:{e.lineno}: syntax error in config file: {e.msg}")
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"cannot read config file {path}: {e}")
+    except (MemoryError, RecursionError):  # CPython's parser gives up on brackets nested a few hundred deep
+        raise UserError(f"{path}: too deeply nested for Python to parse; a config file sets plain values")
     namespace = dict(config)
     namespace["__file__"] = path
 

@@ -129,7 +129,10 @@ def read_csv_points(path, args, skipped):
                 raise UserError(f"{path} line {line_no}: column '{header[columns[name]]}' holds {text!r}, "
                                 f"not a number")
         n = values["params"]
-        d = values["tokens"] if "tokens" in values else values["flops"] / (6 * n)
+        if "tokens" in values:
+            d = values["tokens"]
+        else:  # D = C / 6N; a row with N <= 0 keeps D = N and is skipped below as a value <= 0
+            d = values["flops"] / (6 * n) if n > 0 else n
         c = values["flops"] if "flops" in values and args.flops != "6nd" else 6 * n * d
         label = row[columns["label"]].strip() if "label" in columns and columns["label"] < len(row) else ""
         run = row[columns["run"]].strip() if "run" in columns and columns["run"] < len(row) else ""
@@ -144,7 +147,7 @@ def add_point(points, skipped, family, run, n, d, c, loss):
         skipped["non-finite value(s)"] = skipped.get("non-finite value(s)", 0) + 1
         return
     if min(values) <= 0:
-        why = "tokens = 0 (initial evaluation)" if d == 0 else "value <= 0"
+        why = "tokens = 0 (initial evaluation)" if d == 0 and n > 0 else "value <= 0"
         skipped[why] = skipped.get(why, 0) + 1
         return
     for key, v in zip(("family", "run", "N", "D", "C", "L"), (family, run, n, d, c, loss)):

@@ -22,6 +22,9 @@ def test_types_are_coerced_to_the_defaults_type():
     assert c["min_lr"] == 3e-5  # a key whose default is None takes a number
     assert c["layer_lr_mults"] == [1, 0.5, 2]
     assert parsed("--min_lr=None")["min_lr"] is None
+    # found by the fuzzer: a text key took the bool True and crashed later; 'auto' keys keep their bools
+    c = parsed("--run_name=True", "--results_dir=False", "--compile=True")
+    assert (c["run_name"], c["results_dir"], c["compile"]) == ("True", "False", True)
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -50,6 +53,10 @@ def test_config_files_include_and_errors(tmp_path):
         parse_args([str(tmp_path / "syntax.py")], D)
     with pytest.raises(UserError, match="config file not found"):
         parse_args([str(tmp_path / "missing.py")], D)
+    # found by the fuzzer: CPython 3.11 raises MemoryError on this (its parser's stack), others a SyntaxError
+    (tmp_path / "deep.py").write_text("activation = " + "[" * 199 + "]" * 199 + "\n:\n")
+    with pytest.raises(UserError, match=r"deep.py.*(syntax error|too deeply nested)"):
+        parse_args([str(tmp_path / "deep.py")], D)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -412,6 +412,20 @@ def test_non_finite_csv_values_are_skipped_and_counted(tmp_path, capsys):
     assert fits["all"]["frontier"]["n_points"] >= 4
 
 
+def test_flops_csv_rows_with_zero_or_negative_params_are_skipped(tmp_path, capsys):
+    """Without a tokens column D = C / 6N; a row with N = 0 used to raise ZeroDivisionError (found by the
+    fuzzer). Such rows are skipped and counted like any other value <= 0."""
+    N, D, L = chinchilla_design(EPOCH, noise=0.005, seed=4, n_widths=10)
+    rows = [[n, 6 * n * d, loss] for n, d, loss in zip(N, D, L)]
+    rows[0][0], rows[1][0] = 0, -5
+    path = write_csv(tmp_path / "flops.csv", ["params", "flops", "loss"], rows)
+    fits = fs.run([str(path), "--no_approach3", "--bootstrap", "0", "--no_plots"])
+    out = capsys.readouterr().out
+    assert f"{len(rows) - 2} points in 1 family" in out
+    assert "skipped: 2 value <= 0" in out and "initial evaluation" not in out
+    assert fits["all"]["frontier"]["n_points"] >= 4
+
+
 # ----------------------------------------------------------------------------- bad input: one line, exit 2
 
 def bad_inputs(tmp):
