@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import hypothesis
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -11,6 +12,12 @@ TIKTOKEN_CACHE = os.path.join(os.path.dirname(ROOT), "shared", "tiktoken")
 if os.path.isdir(TIKTOKEN_CACHE):  # the GPT-2 BPE file, offline (see README)
     os.environ.setdefault("TIKTOKEN_CACHE_DIR", TIKTOKEN_CACHE)
 os.environ.setdefault("WANDB_MODE", "offline")
+
+# Property-based tests (hypothesis) draw the same examples on every run, so a pass or a failure in CI is
+# repeatable; FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py is a hunt that draws new ones
+hypothesis.settings.register_profile("repeatable", derandomize=True)
+hypothesis.settings.register_profile("hunt", derandomize=False)
+hypothesis.settings.load_profile("hunt" if "FUZZ_EXAMPLES" in os.environ else "repeatable")
 
 
 @pytest.fixture(scope="session")

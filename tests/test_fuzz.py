@@ -20,10 +20,8 @@ import sweep  # noqa: E402
 import train  # noqa: E402
 from configurator import UserError  # noqa: E402
 
-# The default run (CI) draws the same examples every time, so a pass or a failure is repeatable; a hunt draws
-# new ones: FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py
+# FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py: a longer hunt, with new examples (see conftest.py)
 FUZZ = settings(deadline=None, max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)),
-                derandomize="FUZZ_EXAMPLES" not in os.environ,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 KEYS = sorted(train.DEFAULTS)
 
