@@ -613,9 +613,13 @@ def train(config):
         stop.restore()
 
 
+def under_torchrun():
+    return int(os.environ.get("RANK", -1)) != -1
+
+
 def run_training(config, stop):
     # ---- processes and device
-    ddp = int(os.environ.get("RANK", -1)) != -1
+    ddp = under_torchrun()
     import torch.distributed as dist
     if ddp:
         from datetime import timedelta
@@ -1030,10 +1034,10 @@ def main(argv):
 
 if __name__ == "__main__":
     exit_code = main(sys.argv[1:])
-    if int(os.environ.get("RANK", -1)) != -1:
-        # under torchrun, leave without the interpreter's teardown: DDP keeps the gloo process group and its
-        # threads alive past destroy_process_group, and destroying them at exit aborted 2 of 81 finished runs
-        # ("terminate called without an active exception"), which torchrun reports as failed runs
+    if under_torchrun():
+        # leave without the interpreter's teardown: DDP keeps the gloo process group and its threads alive past
+        # destroy_process_group, and destroying them at exit aborted 2 of 81 finished runs ("terminate called
+        # without an active exception"), which torchrun reports as failed runs
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)
