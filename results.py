@@ -5,6 +5,7 @@ train.py and the one reader used by sweep.py, analyze.py and fit_scaling.py.
     results/<study>/<run_name>/config.json   all config keys + "derived"
                               metrics.csv   one row per evaluation, plus a final row
                               final.json    written when the run ends, for any reason
+                              anneal.csv    optional: annealed points of cooldown branches
                               ckpt.pt       latest checkpoint (ckpt.prev.pt: the one before)
 
 Readers never raise on a damaged folder: what is wrong goes into run["problems"].
@@ -16,6 +17,7 @@ import os
 
 METRICS_COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr", "elapsed_s"]
 TASK_COLUMNS = ["train_acc", "val_acc"]  # rows (task) datasets add these
+ANNEAL_COLUMNS = ["step", "tokens", "flops", "val_loss"]  # anneal.csv; extra columns may follow
 STATUSES = ("completed", "diverged", "early_stopped", "time_limit", "interrupted")
 FINISHED = ("completed", "diverged", "early_stopped", "time_limit")  # a re-run does not retrain these
 
@@ -71,6 +73,13 @@ def append_metrics(f, columns, row):
     f.flush()
 
 
+def write_anneal(path, rows, columns=ANNEAL_COLUMNS):
+    """Rewrite anneal.csv whole (atomically) with rows sorted by step: one row per finished cooldown branch."""
+    rows = sorted(rows, key=lambda r: r["step"])
+    lines = [",".join(columns)] + [",".join(format_value(r.get(c, float("nan"))) for c in columns) for r in rows]
+    atomic_write(path, lambda f: f.write("\n".join(lines) + "\n"))
+
+
 # ----------------------------------------------------------------------------- reading
 
 def read_json(path):
@@ -92,21 +101,22 @@ def parse_number(text):
 
 
 def read_metrics(path):
-    """(rows, problems). Rows are dicts of numbers keyed by column; damaged lines are skipped and named."""
-    problems = []
+    """(rows, problems). Rows are dicts of numbers keyed by column; damaged lines are skipped and named.
+    Reads anneal.csv too (same required columns)."""
+    problems, name = [], os.path.basename(path)
     try:
         with open(path, newline="") as f:
             lines = list(csv.reader(f))
     except FileNotFoundError:
-        return [], ["no metrics.csv"]
+        return [], [f"no {name}"]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        return [], [f"unreadable metrics.csv ({type(e).__name__})"]
+        return [], [f"unreadable {name} ({type(e).__name__})"]
     if not lines:
-        return [], ["empty metrics.csv"]
+        return [], [f"empty {name}"]
     header = [h.strip() for h in lines[0]]
     missing = [c for c in ("step", "tokens", "flops", "val_loss") if c not in header]
     if missing:
-        return [], [f"metrics.csv header lacks {', '.join(missing)}"]
+        return [], [f"{name} header lacks {', '.join(missing)}"]
     rows, bad = [], 0
     for line in lines[1:]:
         if not line:
@@ -119,16 +129,22 @@ def read_metrics(path):
         except ValueError:
             bad += 1
     if bad:
-        problems.append(f"{bad} damaged line(s) in metrics.csv skipped")
+        problems.append(f"{bad} damaged line(s) in {name} skipped")
     return rows, problems
 
 
 def read_run(path):
     """Everything in one run folder, never raising. Keys: path, name, config, derived, final, status,
-    metrics (list of row dicts), problems (list of strings)."""
+    metrics (list of row dicts), anneal (annealed points from anneal.csv, sorted by step; [] without one),
+    problems (list of strings)."""
     config, problem_c = read_json(os.path.join(path, "config.json"))
     final, problem_f = read_json(os.path.join(path, "final.json"))
     metrics, problems = read_metrics(os.path.join(path, "metrics.csv"))
+    anneal = []
+    if os.path.exists(os.path.join(path, "anneal.csv")):
+        anneal, problems_a = read_metrics(os.path.join(path, "anneal.csv"))
+        anneal = sorted(anneal, key=lambda r: r["step"])
+        problems += problems_a
     if problem_c:
         problems.insert(0, problem_c)
     if problem_f and not problem_f.startswith("no "):
@@ -145,7 +161,7 @@ def read_run(path):
     derived = (config or {}).get("derived") or {}
     return {"path": path, "name": os.path.basename(os.path.normpath(path)), "config": config,
             "derived": derived if isinstance(derived, dict) else {}, "final": final, "status": status,
-            "metrics": metrics, "problems": problems}
+            "metrics": metrics, "anneal": anneal, "problems": problems}
 
 
 def is_run_folder(path):
