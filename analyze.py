@@ -1,13 +1,16 @@
 """
-Analyze a folder of training runs: learning-rate sweeps, compute-equivalent gains (CEG) with bootstrap
-confidence intervals, steps to 99% accuracy on task datasets, and loss against any config key.
+Analyze a folder of training runs: learning-rate sweeps, compute-equivalent gains (CEG) from annealed points
+with t-intervals over seeds, their dependence on the LR and on scale, steps to 99% accuracy on task datasets,
+and loss against any config key.
 
     python analyze.py results/                          # every study under results/
     python analyze.py results/ablations --baseline modern
     python analyze.py results/ablations --target 3.2 --width 64 --json ceg.json --csv tables/
+    python analyze.py results/study --select_seeds 1 --measure_seeds 2,3,4   # LR chosen on seed 1 only
     python analyze.py results/lr_sweep --detailed       # every LR of every sweep, and every run
-    python analyze.py results/ --vs n_layer --by n_embd --metric best
+    python analyze.py results/ --vs learning_rate --by label   # loss vs LR per label, with the seed spread
     python analyze.py results/ --plots figs/ --verbose  # plots elsewhere; list skipped runs and warnings
+    python analyze.py --coverage                        # simulated coverage of the t and bootstrap intervals
 
 It reads the run folders described in ../shared/docs/results-format.md (via results.py), study by study
 (the config key `study`), and prints:
@@ -18,49 +21,85 @@ It reads the run folders described in ../shared/docs/results-format.md (via resu
    runner-up, a refined optimum (the vertex of the parabola through the best point and its two neighbours,
    in log10(LR)), a flag when the best LR is at the edge of the grid (with the direction to widen) or the
    grid has fewer than 3 LRs. Across widths: the fit log10(best LR) = a + b * log10(width).
-3. Compute-equivalent gain, per width: every variant (label) against the baseline, each at its best LR at
-   that width. FLOPs to first reach a target validation loss, interpolated linearly in log(FLOPs) between
-   evaluations; CEG = FLOPs_baseline / FLOPs_variant (> 1: the variant needs less compute), paired by seed,
-   geometric mean over seeds, 95% percentile-bootstrap CI over seeds. A run that never reaches the target
-   makes the CEG a bound ('>1.8x' or '<0.5x').
-4. Steps to 99% validation accuracy for task datasets: mean, standard error std/sqrt(n), runs that never
-   got there.
-5. With --vs KEY [--by KEY2]: validation loss against any config key, one line per value of KEY2.
+3. Compute-equivalent gain, per width: every variant (label) against the baseline, each at its chosen LR.
+   The gain of X over Y is G = FLOPs Y needs / FLOPs X needs to reach the target loss (> 1: X is better); by
+   default X = the baseline and Y = each variant, so with --baseline modern and ablation variants a row is the
+   ablated innovation's gain ("modern over modern_minus_rope"); --invert prints each variant over the
+   baseline. Every header names both sides and says what > 1 means.
+   Method (default --method annealed): per variant and seed, the curve of annealed (FLOPs, loss) points:
+   anneal.csv rows (cooldown branches: the final loss of a standalone run of each budget) plus the final point
+   of each completed run, so runs of one variant, seed and LR at several budgets give annealed points too.
+   FLOPs to the target are interpolated linearly in log FLOPs between the bracketing annealed points. Without
+   annealed points (one budget per seed, no anneal.csv) a table falls back to --method curve and says so in
+   its header: the FLOPs where one run's evaluation curve first crosses the target, a mid-schedule estimate
+   (the LR is still high there, so it measures schedules as much as innovations).
+   Seeds are paired; the gain is the geometric mean over seeds. Interval (default --interval t): a 95%
+   t-interval (df = n-1) on the mean paired log gain over n seeds, none below 2 seeds; --interval bootstrap:
+   the percentile bootstrap (10000 resamples, fixed RNG seed), which over few seeds covers far less than 95%
+   (`--coverage` measures both). A run that never reaches the target makes the gain a bound ('>1.8x').
+4. Does the gain depend on the LR? When the baseline and a variant share 2 or more LRs (or with --per_lr): the
+   gain at each shared LR (both sides at that LR, paired by seed, with its interval) and tuned vs tuned. LR
+   sensitivity: the gain with the variant at the neighbouring grid LRs of its chosen one.
+5. Scale dependence, per comparison measured at 2 or more widths: gain against compute (the baseline's
+   training FLOPs at that width) and the least-squares slope d log(gain) / d log(C) over per-seed log gains
+   (seeds are the independent unit), with a t-interval (df = N - 2) and a verdict: scale-invariant within its
+   interval, or growing / shrinking with compute.
+6. Steps to 99% validation accuracy for task datasets, a censored statistic: the median with runs that never
+   got there counted as '> the steps they ran' (shown as '> X' when that decides the median), how many got
+   there (k/n), and the final train and val accuracy (mean [min, max]).
+7. With --vs KEY [--by KEY2]: validation loss against any config key, one line per value of KEY2, the mean over
+   seeds with the seed range.
 
 Decisions (also printed where they apply):
 - Studies are analysed separately (an LR sweep at a short budget never mixes with an ablation study).
 - Diverged runs (status 'diverged', or a non-finite final validation loss) rank below every finite loss;
-  an LR at which any seed diverged counts as diverged. They are left out of the trend fit and of CEG.
+  an LR at which any seed diverged counts as diverged when choosing the LR. A variant whose chosen LR (or only
+  LR) has diverged seeds keeps its finite seeds for the gain, and the row says "k of n seeds diverged".
 - Skipped (counted, with the reason): runs without final.json (running or killed), 'interrupted' runs,
   and non-diverged runs whose metrics.csv is missing, empty, has damaged lines, has no finite val_loss,
   or ends before final.json's step count (a lost last row).
 - The loss of a run is its final validation loss (last metrics row); --metric best uses its lowest one.
 - CEG compares variants at the same width of the same study (one table per width; --width W for one).
-  When a label has several LRs at that width, only its runs at its best LR (best mean loss) are used.
+  When a label has several LRs at that width, only its runs at its chosen LR are measured: the LR with the
+  best mean loss over seeds (at the largest budget every LR has, when runs differ in budget). When the runs
+  that chose the LR also measure the gain, the table warns (winner's curse: the chosen LR is the one where
+  these seeds were lucky). --select_seeds S chooses the LR on seeds S and --measure_seeds M (default: the
+  other seeds) measures the gain; the two-stage recipe (an LR sweep study, then the study at its best LRs via
+  sweep.py's best_lr) does the same across studies, and its tables have one LR per label (no warning).
 - Default baseline per study: the label 'baseline', else 'modern', else the first label alphabetically.
-- Default target: the lowest loss every compared run reaches (the largest of the runs' minimum losses).
+- Default target: the lowest loss every compared curve reaches (the largest of the curves' minimum losses).
 - Seeds: runs are paired by seed (seeds on one side only are left out, and said so). When seeds are
-  missing or repeated, or no seed is common, the sides are compared as independent samples: CEG =
-  geometric-mean FLOPs of the baseline / that of the variant, each side resampled on its own.
-- The CI is the percentile bootstrap (10000 resamples, fixed RNG seed) of the mean log CEG. It never
-  reaches past the per-seed values, so over few seeds it covers the truth less often than 95% (75%
-  with 3 seeds, 86% with 5, 91% with 10, 95% with 20 in the tests' simulation); the table says so.
-- A CEG built from a bound is shown as a bound and has no CI; '?' when the bounds point both ways.
+  missing or repeated, or no seed is common, the sides are compared as independent samples: geometric-mean
+  FLOPs of each side, with a Welch t-interval (pooled variance when a side has one run).
+- A gain built from a bound is shown as a bound and has no interval; '?' when the bounds point both ways.
 - Plots: PNGs in <folder holding the study's run folders>/plots/, i.e. results/<study>/plots/; with
   --plots DIR they go to DIR (DIR/<study>/ when there are several studies). Where they went is printed.
-  lr_sweep.png (loss vs LR, a line per width), lr_trend.png (best LR vs width), ceg_w<width>.png (CEG
-  bars with CI whiskers), curves_w<width>.png (loss vs FLOPs with the target), acc_<dataset>.png
-  (train/val accuracy per variant), vs_<key>[_by_<key2>].png.
+  lr_sweep.png (loss vs LR: one panel per width with every variant in it, the same y-range in every panel, the
+  seed range as a band), lr_trend.png (best LR vs width), ceg_w<width>.png (gain bars with interval whiskers),
+  ceg_lr_w<width>.png (gain at each shared LR, tuned vs tuned dashed), curves_w<width>.png (loss vs FLOPs: the
+  annealed points and the evaluation curves, with the target), scale_dependence.png, acc_<dataset>.png
+  (train/val accuracy per variant), vs_<key>[_by_<key2>].png (with every seed and the seed range).
+  Log axes carry plain-number ticks (0.001, 0.002, 0.005; 1e12, 2e12), never crowded minor labels.
 
 --json FILE holds: runs {read, skipped, diverged, skipped_runs [{path, reason}]}, run_table (one entry per
 run read), best_lr [{study, label, arch, width, best_lr, best_val_loss, refined_lr, refined_loss, at_edge,
-widen_toward, runner_up_lr, runner_up_loss, n_lrs, lrs, losses, ...}], lr_trend [{study, label, arch,
-widths, best_lrs, a, b, b_stderr, b_refined, n_at_edge}], ceg [{study, width, label, arch, baseline,
-is_baseline, target_loss, ceg, bound (null | 'lower' | 'upper' | 'unknown'), ci_low, ci_high, n_pairs,
-n_seeds, learning_rate, flops_to_target, per_seed, note}], ceg_tables, steps_to_acc [{study, dataset,
-label, ..., n_runs, n_reached, mean_steps, std, sem, never}], vs, plots. Non-finite numbers are null.
---csv DIR writes the same tables as run_table.csv, best_lr.csv, lr_trend.csv, ceg.csv, steps_to_acc.csv
-and vs.csv.
+widen_toward, runner_up_lr, runner_up_loss, n_lrs, lrs, losses, loss_low, loss_high, ...}], lr_trend [{study,
+label, arch, widths, best_lrs, a, b, b_stderr, b_refined, n_at_edge}], ceg (one row per variant and width, below),
+ceg_tables [{study, width, dataset, baseline, target_loss, method, method_fallback, gain_meaning, interval,
+winners_curse, notes}], ceg_per_lr (per-LR and tuned rows, the gain keys below plus learning_rate,
+baseline_lr, tuned), lr_sensitivity [{label, learning_rate, gain, neighbours [{learning_rate, gain, gain_low,
+gain_high, gain_bound}]}], scale_dependence [{label, gain_of, gain_over, widths [{width, compute, gain,
+gain_low, gain_high, per_seed}], slope, slope_low, slope_high, verdict}], steps_to_acc [{..., n_runs,
+n_reached, median_steps, median_kind ('exact' | 'above' | 'between'), mean_steps, std, sem, never,
+final_train_acc_mean/min/max, final_val_acc_mean/min/max}], vs, plots, ci {level, method, resamples}.
+A ceg row: label, arch, baseline, is_baseline, gain_of, gain_over, gain (gain_of over gain_over, the printed
+direction), gain_low, gain_high (the interval; null without one), gain_bound (null | 'lower' | 'upper' |
+'unknown', for gain), n_pairs, n_seeds, n_diverged, method ('annealed' | 'curve'), interval ('t' | 'bootstrap'
+| null), interval_label ("95% t-interval over 3 seeds"), target_loss, learning_rate, n_lrs, winners_curse,
+flops_to_target, per_seed (the variant over the baseline, per seed), note; and, unchanged from earlier versions,
+ceg, ci_low, ci_high, bound: always the variant over the baseline (FLOPs_baseline / FLOPs_variant), whatever
+--invert says. Non-finite numbers are null. --csv DIR writes the tables as run_table.csv, best_lr.csv,
+lr_trend.csv, ceg.csv, ceg_per_lr.csv, scale_dependence.csv, steps_to_acc.csv and vs.csv.
 """
 import argparse
 import csv
@@ -188,6 +227,12 @@ def summarize_run(run):
     if not diverged and not np.isfinite(val).all():
         warnings.append(f"{int((~np.isfinite(val)).sum())} row(s) with non-finite val_loss ignored")
     finite_val = val[np.isfinite(val)]
+    # annealed points (anneal.csv: the final loss of a standalone run of each cooldown budget)
+    anneal = [(as_positive(a.get("flops")), number_or_nan(a.get("val_loss"))) for a in run["anneal"]]
+    anneal_points = sorted((f, loss) for f, loss in anneal if f is not None and math.isfinite(loss))
+    if len(anneal_points) < len(anneal):
+        warnings.append(f"{len(anneal) - len(anneal_points)} anneal.csv row(s) without positive flops and a finite "
+                        f"val_loss ignored")
 
     has_acc = any("val_acc" in r for r in rows)
     if "step_val_acc_99" in final:
@@ -210,7 +255,12 @@ def summarize_run(run):
         "final_loss": math.inf if diverged else float(val[-1]),
         "best_loss": math.inf if diverged else float(finite_val.min()),
         "last_step": as_step(np.nanmax(step)) if np.isfinite(step).any() else None,
-        "flops": flops[on_curve], "loss": val[on_curve],
+        "flops": flops[on_curve], "loss": val[on_curve], "anneal": anneal_points,
+        "final_flops": as_positive(flops[-1]) if len(flops) else None,
+        "budget": as_step(derived.get("total_steps")) or (as_step(np.nanmax(step)) if np.isfinite(step).any()
+                                                           else None),  # planned steps: runs at several budgets
+        "final_acc": {name: float(column(name)[-1]) if len(rows) and math.isfinite(column(name)[-1]) else None
+                      for name in ("train_acc", "val_acc")} if has_acc else None,
         "acc": {"step": step, "train_acc": column("train_acc"), "val_acc": column("val_acc")} if has_acc else None,
         "task": has_acc or step99 is not None, "step_val_acc_99": step99, "warnings": warnings,
     }, None
@@ -284,10 +334,30 @@ def lr_points(runs, metric):
     points = []
     for (lr,), rs in group(runs, lambda r: (r["lr"],)).items():
         losses = [run_loss(r, metric) for r in rs]
+        finite = [v for v in losses if math.isfinite(v)]
         points.append({"lr": lr, "loss": float(np.mean(losses)) if all(map(math.isfinite, losses)) else math.inf,
+                       "low": min(finite, default=math.inf), "high": max(finite, default=math.inf),  # seed range
                        "n_runs": len(rs), "n_diverged": sum(r["diverged"] for r in rs),
                        "seeds": sorted({r["seed"] for r in rs}, key=order), "runs": rs})
     return points
+
+
+# config keys that set a run's length: runs of one variant that differ only in these are one experiment at
+# several budgets (their final losses are annealed points)
+BUDGET_KEYS = {"max_iters", "max_tokens", "max_flops", "tokens_per_param", "lr_decay_iters", "cooldowns"}
+
+
+def selection_runs(runs):
+    """The runs LRs are ranked on: when a variant was run at several budgets (total steps), those at the largest
+    budget that every LR has, so that every LR is judged at one budget (all runs when they share none)."""
+    budgets = {}
+    for r in runs:
+        budgets.setdefault(r["lr"], set()).add(r["budget"])
+    common = set.intersection(*budgets.values()) if budgets else set()
+    if len(set().union(*budgets.values())) <= 1 or not common:
+        return runs
+    largest = max((b for b in common if b is not None), default=None)
+    return [r for r in runs if r["budget"] == largest] if largest is not None else runs
 
 
 def parabola_vertex(xs, ys):
@@ -341,14 +411,17 @@ def best_lr_table(records, metric):
     swept = [r for r in records if r["lr"] is not None and r["width"] is not None]
     for (study, label, arch, width), runs in group(swept, lambda r: (r["study"], r["label"], r["arch"],
                                                                      r["width"])).items():
-        points = lr_points(runs, metric)
+        ranked = selection_runs(runs)
+        points = lr_points(ranked, metric)
         row = {"study": study, "label": label, "arch": arch, "width": width, **best_lr(points),
+               "loss_low": [p["low"] for p in points], "loss_high": [p["high"] for p in points],
                "n_runs": len(runs), "n_diverged": sum(r["diverged"] for r in runs),
                "seeds": sorted({r["seed"] for r in runs}, key=order)}
         unusual = sorted({r["status"] for r in runs} - {"completed", "diverged"})
-        mixed = differing_keys(runs)
+        mixed = differing_keys(ranked)
+        budget = f"ranked at the largest budget ({ranked[0]['budget']} steps)" if len(ranked) < len(runs) else ""
         row["note"] = "; ".join(filter(None, [row["note"], unusual and "includes " + ", ".join(unusual) + " runs",
-                                              mixed and "runs differ in " + ", ".join(mixed[:5])]))
+                                              mixed and "runs differ in " + ", ".join(mixed[:5]), budget]))
         table.append(row)
     return table
 
@@ -378,9 +451,9 @@ def lr_trend(table):
 
 def flops_to_target(flops, losses, target):
     """FLOPs at which a loss curve first reaches target: the loss is interpolated linearly in log(FLOPs)
-    between the last evaluation above target and the first at or below it. Returns (flops, bound):
-    bound None for a found crossing; 'above' when the run never reaches target (the true value is above the
-    returned largest FLOPs); 'below' when the first evaluation is already below target."""
+    between the last point above target and the first at or below it. Returns (flops, bound):
+    bound None for a found crossing; 'above' when the curve never reaches target (the true value is above the
+    returned largest FLOPs); 'below' when the first point is already below target."""
     hit = np.nonzero(losses <= target)[0]
     if len(hit) == 0:
         return float(np.max(flops)), "above"
@@ -418,28 +491,64 @@ def bootstrap_ci(samples_b, samples_a=None, n_boot=N_BOOTSTRAP, level=CI_LEVEL, 
     return float(np.quantile(means, q)), float(np.quantile(means, 1 - q))
 
 
+def t_interval(values, level=CI_LEVEL):
+    """Student-t interval (df = n - 1) on the mean of values; None below 2 values."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return None
+    half = scipy.stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def welch_interval(b, a, level=CI_LEVEL):
+    """t-interval on mean(b) - mean(a) for independent samples: Welch's df when both sides have 2 or more
+    values, the pooled variance (df = n_b + n_a - 2) when one side has a single value. (interval, name)."""
+    b, a = np.asarray(b, float), np.asarray(a, float)
+    diff = b.mean() - a.mean()
+    if len(b) >= 2 and len(a) >= 2:
+        vb, va = b.var(ddof=1) / len(b), a.var(ddof=1) / len(a)
+        se = math.sqrt(vb + va)
+        df = (vb + va) ** 2 / (vb ** 2 / (len(b) - 1) + va ** 2 / (len(a) - 1)) if se > 0 else len(b) + len(a) - 2
+        name = "Welch t-interval"
+    elif len(b) + len(a) >= 3:
+        pooled = (((b - b.mean()) ** 2).sum() + ((a - a.mean()) ** 2).sum()) / (len(b) + len(a) - 2)
+        se, df, name = math.sqrt(pooled * (1 / len(b) + 1 / len(a))), len(b) + len(a) - 2, "pooled t-interval"
+    else:
+        return None, None
+    half = scipy.stats.t.ppf((1 + level) / 2, df) * se
+    return (float(diff - half), float(diff + half)), name
+
+
+INTERVALS = ("t", "bootstrap")
+
+
 def by_seed(runs):
     """{seed: run}, or None when a seed is missing or repeated (then runs cannot be paired)."""
     seeds = [r["seed"] for r in runs]
     return dict(zip(seeds, runs)) if None not in seeds and len(set(seeds)) == len(seeds) else None
 
 
-def compare(baseline_runs, variant_runs, target, n_boot=N_BOOTSTRAP):
-    """CEG of one variant against the baseline at a target loss. Runs (dicts with seed, flops, loss) are
-    paired by seed when both sides have distinct seeds in common; otherwise the sides are compared as
-    independent samples (geometric mean FLOPs of each)."""
+def compare(baseline_runs, variant_runs, target, n_boot=N_BOOTSTRAP, interval="t"):
+    """CEG = FLOPs_baseline / FLOPs_variant to reach a target loss (the variant over the baseline). Curves (dicts
+    with seed, flops, loss) are paired by seed when both sides have distinct seeds in common; otherwise the sides
+    are compared as independent samples (geometric-mean FLOPs of each). interval: 't' (default: a t-interval on
+    the mean paired log CEG, df = n - 1) or 'bootstrap' (percentile bootstrap over seeds)."""
     seeded_b, seeded_a = by_seed(baseline_runs), by_seed(variant_runs)
     common = sorted(set(seeded_b) & set(seeded_a), key=order) if seeded_b and seeded_a else []
     cross = lambda runs: {i: flops_to_target(r["flops"], r["loss"], target) for i, r in runs.items()}
     fb = cross(seeded_b if common else dict(enumerate(baseline_runs)))
     fa = cross(seeded_a if common else dict(enumerate(variant_runs)))
-    out = {"n_pairs": len(common), "ci_low": None, "ci_high": None, "per_seed": {}, "note": []}
+    out = {"n_pairs": len(common), "ci_low": None, "ci_high": None, "interval": None, "per_seed": {}, "note": []}
+    ci = None
     if common:
         log_ratio = [math.log(fb[s][0]) - math.log(fa[s][0]) for s in common]
         out["bound"] = combine_bounds([ratio_bound(fb[s][1], fa[s][1]) for s in common])
         out["per_seed"] = {str(s): math.exp(v) for s, v in zip(common, log_ratio)}
         center = float(np.mean(log_ratio))
-        ci = bootstrap_ci(log_ratio, n_boot=n_boot) if len(common) >= 2 else None
+        if len(common) >= 2:
+            ci = t_interval(log_ratio) if interval == "t" else bootstrap_ci(log_ratio, n_boot=n_boot)
+            name = "t-interval" if interval == "t" else "percentile bootstrap"
+            out["interval_label"] = f"{CI_LEVEL:.0%} {name} over {len(common)} seeds"
         dropped = len(set(fb) | set(fa)) - len(common)
         if dropped:
             out["note"].append(f"{dropped} unpaired seed run(s) left out")
@@ -447,20 +556,44 @@ def compare(baseline_runs, variant_runs, target, n_boot=N_BOOTSTRAP):
         lb, la = [math.log(f) for f, _ in fb.values()], [math.log(f) for f, _ in fa.values()]
         out["bound"] = combine_bounds([ratio_bound(b, a) for _, b in fb.values() for _, a in fa.values()])
         center = float(np.mean(lb) - np.mean(la))
-        ci = bootstrap_ci(lb, la, n_boot=n_boot) if len(lb) >= 2 or len(la) >= 2 else None
+        if interval == "t":
+            ci, name = welch_interval(lb, la)
+        elif len(lb) >= 2 or len(la) >= 2:
+            ci, name = bootstrap_ci(lb, la, n_boot=n_boot), "percentile bootstrap"
+        if ci:
+            out["interval_label"] = f"{CI_LEVEL:.0%} {name}, unpaired ({len(lb)} vs {len(la)} runs)"
         paired = seeded_b and seeded_a
         out["note"].append("no common seeds: unpaired" if paired else "seeds missing or repeated: unpaired")
     out["ceg"] = math.exp(center)
     if ci and out["bound"] is None:
         out["ci_low"], out["ci_high"] = math.exp(ci[0]), math.exp(ci[1])
+        out["interval"] = interval
+    else:
+        out["interval_label"] = ("no interval: a bound" if ci else
+                                 "no interval: 1 seed (an interval needs 2 or more)")
     if max(len(fa), len(fb)) == 1 or len(common) == 1:
-        out["note"].append("1 seed: no CI")
+        out["note"].append("1 seed: no interval")
     never = sum(b == "above" for _, b in fa.values())
     if never:
         out["note"].append(f"{never} of {len(fa)} run(s) never reach the target")
     out["flops_to_target"] = math.exp(np.mean([math.log(f) for f, _ in fa.values()]))
     out["flops_bound"] = combine_bounds([{"above": "lower", "below": "upper"}.get(b) for _, b in fa.values()])
     return out
+
+
+FLIP = {None: None, "lower": "upper", "upper": "lower", "unknown": "unknown"}
+
+
+def gain_fields(result, label, baseline, invert):
+    """The gain in the toolkit's convention: G of X over Y = FLOPs Y needs / FLOPs X needs (> 1: X is better).
+    Default X = the baseline, Y = the variant (so an ablation's row is the innovation's gain); invert: the
+    variant over the baseline. result holds compare()'s ceg (the variant over the baseline)."""
+    ceg, low, high = result["ceg"], result["ci_low"], result["ci_high"]
+    if invert:
+        return {"gain": ceg, "gain_low": low, "gain_high": high, "gain_bound": result["bound"],
+                "gain_of": label, "gain_over": baseline}
+    return {"gain": 1 / ceg, "gain_low": 1 / high if high else None, "gain_high": 1 / low if low else None,
+            "gain_bound": FLIP[result["bound"]], "gain_of": baseline, "gain_over": label}
 
 
 def default_baseline(labels):
@@ -470,20 +603,99 @@ def default_baseline(labels):
     return sorted(labels)[0]
 
 
-def pick_best_lr_runs(runs, metric):
-    """(LR, runs, number of LRs): a variant's runs at its best LR (best mean loss over seeds), diverged
-    runs left out."""
-    points = lr_points(runs, metric)
+def choose_lr(runs, metric, select_seeds=None):
+    """(LR, number of LRs, seeds it was chosen on, note) for one variant: the LR with the best mean loss over
+    seeds (over the runs of select_seeds only, when given; at the largest budget every LR has). When every LR
+    has a diverged seed: the LR with the fewest diverged runs, then the lowest mean finite loss. LR None: no
+    choice possible (note says why)."""
+    lrs = sorted({r["lr"] for r in runs}, key=order)
+    if len(lrs) == 1:  # nothing to choose
+        return lrs[0], 1, set(), ""
+    pool = runs if select_seeds is None else [r for r in runs if r["seed"] in select_seeds]
+    if not pool:
+        return None, len(lrs), set(), "no runs of the --select_seeds to choose its LR on, left out"
+    points = lr_points(selection_runs(pool), metric)
     finite = [p for p in points if math.isfinite(p["loss"])]
-    if not finite:
-        return None, [], len(points)
-    best = min(finite, key=lambda p: p["loss"])
-    return best["lr"], sorted([r for r in best["runs"] if not r["diverged"]], key=lambda r: r["path"]), len(points)
+    if finite:
+        best = min(finite, key=lambda p: p["loss"])
+    else:
+        mean_finite = lambda p: np.mean([v for v in (run_loss(r, metric) for r in p["runs"]) if math.isfinite(v)]
+                                        or [math.inf])
+        best = min(points, key=lambda p: (p["n_diverged"] / p["n_runs"], mean_finite(p)))
+        if best["n_diverged"] == best["n_runs"]:
+            return None, len(lrs), set(), "every run diverged, left out"
+    return best["lr"], len(lrs), {r["seed"] for r in pool}, ""
 
 
-def ceg_tables(records, metric="final", baseline=None, target=None, width=None, n_boot=N_BOOTSTRAP):
+def annealed_points(run):
+    """A run's annealed (flops, loss) points: its anneal.csv rows, and its own final point when it completed its
+    schedule (a run stopped early or by a time limit ended mid-schedule)."""
+    points = list(run["anneal"])
+    if run["status"] == "completed" and run["final_flops"] is not None and math.isfinite(run["final_loss"]):
+        points.append((run["final_flops"], run["final_loss"]))
+    return points
+
+
+def seed_curves(runs, method):
+    """One loss curve per seed, as dicts {seed, flops, loss, runs}. annealed: every annealed point of the seed's
+    runs (cooldown branches, and the final points of runs at several budgets), sorted by FLOPs, a budget seen
+    twice averaged; curve: the evaluations of the seed's longest run. Runs without a seed are their own curve."""
+    curves = []
+    for _, rs in group(runs, lambda r: (r["seed"] if r["seed"] is not None else r["path"],)).items():
+        if method == "annealed":
+            points = {}
+            for r in rs:
+                for f, loss in annealed_points(r):
+                    points.setdefault(f, []).append(loss)
+            flops = sorted(points)
+            curves.append({"seed": rs[0]["seed"], "flops": np.array(flops, float),
+                           "loss": np.array([np.mean(points[f]) for f in flops], float), "runs": rs})
+        else:
+            longest = max(r["flops"].max() for r in rs)
+            curves += [{"seed": r["seed"], "flops": r["flops"], "loss": r["loss"], "runs": [r]}
+                       for r in rs if r["flops"].max() == longest]
+    return curves
+
+
+def seed_key(r):
+    return r["seed"] if r["seed"] is not None else r["path"]
+
+
+def measure_side(runs, method):
+    """(curves, notes, diverged seeds, seeds) for one side of a comparison: seeds with a diverged run are left
+    out (and counted), annealed curves with fewer than 2 points too."""
+    seeds = {seed_key(r) for r in runs}
+    diverged = {seed_key(r) for r in runs if r["diverged"]}
+    notes = [f"{len(diverged)} of {len(seeds)} seeds diverged (the gain uses the finite ones)"] if diverged else []
+    curves = seed_curves([r for r in runs if seed_key(r) not in diverged], method)
+    if method == "annealed":
+        short = [c for c in curves if len(c["flops"]) < 2]
+        curves = [c for c in curves if len(c["flops"]) >= 2]
+        if short and curves:
+            notes.append(f"{plural(len(short), 'seed')} with fewer than 2 annealed points left out")
+    return curves, notes, len(diverged), len(seeds)
+
+
+def has_annealed(runs):
+    """Whether a variant's runs give annealed curves (2 or more annealed points for some finite seed)."""
+    return any(len(c["flops"]) >= 2 for c in seed_curves([r for r in runs if not r["diverged"]], "annealed"))
+
+
+def default_target(curves):
+    """The lowest loss every compared curve reaches (the largest of the curves' minimum losses)."""
+    return max(float(c["loss"].min()) for c in curves)
+
+
+def at_lr(runs, lr, measure_seeds):
+    return [r for r in runs if r["lr"] == lr and (measure_seeds is None or r["seed"] in measure_seeds)]
+
+
+def ceg_tables(records, metric="final", baseline=None, target=None, width=None, n_boot=N_BOOTSTRAP,
+               method="annealed", interval="t", invert=False, select_seeds=None, measure_seeds=None, per_lr=False):
     """One table per (study, width, dataset) with at least two variants: every variant against the baseline.
-    Runs on different datasets are never compared (a grokking study has one table per task)."""
+    Runs on different datasets are never compared (a grokking study has one table per task).
+    select_seeds / measure_seeds: choose each variant's LR on the runs of some seeds and measure the gain on
+    others (measure_seeds defaults to the seeds not selected on)."""
     tables = []
     studies = group(records, lambda r: (r["study"],))
     if baseline is not None and not any(r["label"] == baseline for r in records):
@@ -492,6 +704,8 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
     if width is not None and not any(r["width"] == width for r in records):
         raise UserError(f"--width {width}: no run has n_embd={width}; widths: "
                         f"{', '.join(map(str, sorted({r['width'] for r in records if r['width']})))}")
+    if select_seeds is not None and measure_seeds is None:
+        measure_seeds = {r["seed"] for r in records} - set(select_seeds)
     for (study,), study_runs in studies.items():
         base_label = baseline or default_baseline({r["label"] for r in study_runs})
         if not any(r["label"] == base_label for r in study_runs):
@@ -506,50 +720,149 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
             if len(variants) < 2:
                 continue
             table = {"study": study, "width": w, "dataset": ds if several_datasets else None,
-                     "baseline": base_label, "baseline_default": baseline is None,
-                     "rows": [], "notes": [], "variants": {}}
+                     "baseline": base_label, "baseline_default": baseline is None, "invert": invert,
+                     "rows": [], "notes": [], "variants": {}, "per_lr": [], "sensitivity": [], "winners_curse": []}
             tables.append(table)
             if not any(label == base_label for label, _ in variants):
                 table["notes"].append(f"no runs of baseline '{base_label}' at this width: no CEG")
                 continue
-            chosen = {}
-            for (label, arch), rs in variants.items():
-                lr, best_runs, n_lrs = pick_best_lr_runs(rs, metric)
-                if not best_runs:
-                    table["notes"].append(f"{label}: every run diverged, left out")
-                    continue
-                chosen[(label, arch)] = {"lr": lr, "n_lrs": n_lrs, "runs": best_runs}
-                mixed = differing_keys(best_runs)
-                if mixed:
-                    table["notes"].append(f"{label}: its runs differ in {', '.join(mixed[:5])}")
-            base_keys = [k for k in chosen if k[0] == base_label]
-            if not base_keys:
-                table["notes"].append(f"baseline '{base_label}': every run diverged: no CEG")
-                continue
-            if len(base_keys) > 1:
-                table["notes"].append(f"baseline '{base_label}' has several archs; using {base_keys[0][1]}")
-            base = chosen[base_keys[0]]
-            if target is None:
-                table["target"] = max(float(r["loss"].min()) for v in chosen.values() for r in v["runs"])
-            else:
-                table["target"] = target
-            table["target_default"] = target is None
-            table["variants"] = chosen
-            labels = [label for label, _ in chosen]
-            for (label, arch), v in chosen.items():
-                result = compare(base["runs"], v["runs"], table["target"], n_boot=n_boot)
-                is_baseline = (label, arch) == base_keys[0]
-                if is_baseline:  # itself: exactly 1, nothing to estimate
-                    result.update(ci_low=None, ci_high=None, bound=None,
-                                  note=[n for n in result["note"] if "never" in n])
-                result["note"] = "; ".join(result["note"])
-                name = f"{label}/{arch}" if labels.count(label) > 1 else label
-                table["rows"].append({
-                    "study": study, "width": w, "dataset": ds, "label": name, "arch": arch, "baseline": base_label,
-                    "is_baseline": is_baseline, "learning_rate": v["lr"], "n_lrs": v["n_lrs"],
-                    "target_loss": table["target"], "n_seeds": len(v["runs"]), **result})
-            table["rows"].sort(key=lambda r: (r["bound"] == "unknown", -r["ceg"]))
+            fill_ceg_table(table, variants, metric, target, n_boot, method, interval, select_seeds, measure_seeds,
+                           per_lr)
     return tables
+
+
+def fill_ceg_table(table, variants, metric, target, n_boot, method, interval, select_seeds, measure_seeds, per_lr):
+    """The rows of one CEG table: LR choice, method (annealed or mid-schedule), target, gains, the per-LR
+    gains and the LR sensitivity."""
+    base_label = table["baseline"]
+    chosen = {}
+    for (label, arch), rs in variants.items():
+        lr, n_lrs, chosen_on, why = choose_lr(rs, metric, select_seeds)
+        measured = at_lr(rs, lr, measure_seeds) if lr is not None else []
+        if lr is not None and not measured:
+            why = f"no runs of the --measure_seeds at its chosen LR {fmt(lr, '.2e')}, left out"
+        if why:
+            table["notes"].append(f"{label}: {why}")
+            continue
+        if all(r["diverged"] for r in measured):
+            every = all(r["diverged"] for r in rs)
+            table["notes"].append(f"{label}: every run{'' if every else ' at its LR'} diverged, left out")
+            continue
+        chosen[(label, arch)] = {"lr": lr, "n_lrs": n_lrs, "runs": measured, "all_runs": rs,
+                                 "winners_curse": n_lrs > 1 and bool(chosen_on & {r["seed"] for r in measured})}
+        mixed = [k for k in differing_keys(measured) if k not in BUDGET_KEYS]
+        if mixed:
+            table["notes"].append(f"{label}: its runs differ in {', '.join(mixed[:5])}")
+    base_keys = [k for k in chosen if k[0] == base_label]
+    if not base_keys:
+        table["notes"].append(f"baseline '{base_label}': every run diverged: no CEG")
+        return
+    if len(base_keys) > 1:
+        table["notes"].append(f"baseline '{base_label}' has several archs; using {base_keys[0][1]}")
+    lacking = [label for (label, _), v in chosen.items() if not has_annealed(v["runs"])]
+    table["method"] = "annealed" if method == "annealed" and not lacking else "curve"
+    table["method_fallback"] = method == "annealed" and bool(lacking)
+    if table["method_fallback"]:
+        table["method_why"] = (", ".join(lacking[:4]) + (" ..." if len(lacking) > 4 else "") +
+                               f" {'has' if len(lacking) == 1 else 'have'} one budget per seed and no anneal.csv")
+    for v in chosen.values():
+        v["curves"], v["notes"], v["n_diverged"], v["n_seeds_run"] = measure_side(v["runs"], table["method"])
+    for (label, _), v in list(chosen.items()):
+        if not v["curves"]:
+            table["notes"].append(f"{label}: no seed without a diverged run, left out")
+            del chosen[(label, _)]
+    if base_keys[0] not in chosen:
+        table["notes"].append(f"baseline '{base_label}': no usable seed: no CEG")
+        return
+    base = chosen[base_keys[0]]
+    table["target"] = target if target is not None else default_target([c for v in chosen.values()
+                                                                         for c in v["curves"]])
+    table["target_default"] = target is None
+    table["variants"] = chosen
+    # the width's compute scale for the scale-dependence fit: the training FLOPs of the baseline's longest runs
+    table["compute"] = math.exp(np.mean([math.log(max(r["flops"].max() for r in c["runs"])) for c in base["curves"]]))
+    table["winners_curse"] = [label for (label, _), v in chosen.items() if v["winners_curse"]]
+    labels = [label for label, _ in chosen]
+    name = lambda label, arch: f"{label}/{arch}" if labels.count(label) > 1 else label
+    for (label, arch), v in chosen.items():
+        result = compare(base["curves"], v["curves"], table["target"], n_boot=n_boot, interval=interval)
+        is_baseline = (label, arch) == base_keys[0]
+        if is_baseline:  # itself: exactly 1, nothing to estimate
+            result.update(ci_low=None, ci_high=None, bound=None, interval=None, interval_label="the baseline itself",
+                          note=[n for n in result["note"] if "never" in n])
+        result["note"] = "; ".join(v["notes"] + result["note"])
+        table["rows"].append({
+            "study": table["study"], "width": table["width"], "dataset": table.get("dataset"),
+            "label": name(label, arch), "arch": arch, "baseline": base_label, "is_baseline": is_baseline,
+            "learning_rate": v["lr"], "n_lrs": v["n_lrs"], "target_loss": table["target"],
+            "n_seeds": len(v["curves"]), "n_diverged": v["n_diverged"], "method": table["method"],
+            "winners_curse": v["winners_curse"], **result,
+            **gain_fields(result, name(label, arch), base_label, table["invert"])})
+    table["rows"].sort(key=lambda r: (r["bound"] == "unknown", -r["gain"]))
+    shared = lambda v: {r["lr"] for r in v["all_runs"]} & {r["lr"] for r in base["all_runs"]}
+    if per_lr or any(len(shared(v)) >= 2 for k, v in chosen.items() if k != base_keys[0]):
+        table["per_lr"] = per_lr_rows(table, chosen, base_keys[0], target, n_boot, interval, name)
+    table["sensitivity"] = sensitivity_rows(table, chosen, base_keys[0], n_boot, interval, name)
+
+
+def one_gain(base_curves, curves, target, n_boot, interval, label, base_label, invert):
+    result = compare(base_curves, curves, target, n_boot=n_boot, interval=interval)
+    return {**result, "note": "; ".join(result["note"]), **gain_fields(result, label, base_label, invert)}
+
+
+def per_lr_rows(table, chosen, base_key, target, n_boot, interval, name):
+    """Does the gain depend on the LR? Per variant and per LR both it and the baseline were run at: the two
+    paired by seed at that LR (every seed: nothing is chosen here; target: --target, else the lowest loss both
+    reach at that LR), then the tuned pair (each at its chosen LR, as measured in the main table)."""
+    rows, base = [], chosen[base_key]
+    for (label, arch), v in chosen.items():
+        if (label, arch) == base_key:
+            continue
+        for lr in sorted({r["lr"] for r in v["all_runs"]} & {r["lr"] for r in base["all_runs"]}, key=order):
+            b_runs, c_runs = at_lr(base["all_runs"], lr, None), at_lr(v["all_runs"], lr, None)
+            b, nb, _, _ = measure_side(b_runs, table["method"])
+            c, nc, _, _ = measure_side(c_runs, table["method"])
+            row = {"label": name(label, arch), "baseline": table["baseline"], "learning_rate": lr, "tuned": False}
+            if not b or not c:
+                rows.append({**row, "gain": None, "note": "diverged" if not (b or c) else
+                             f"{'baseline' if not b else 'variant'} diverged"})
+                continue
+            t = target if target is not None else default_target(b + c)
+            rows.append({**row, "target_loss": t, **one_gain(b, c, t, n_boot, interval, row["label"],
+                                                             table["baseline"], table["invert"])})
+            rows[-1]["note"] = "; ".join(filter(None, nb + nc + [rows[-1]["note"]]))
+        tuned = next(r for r in table["rows"] if r["label"] == name(label, arch))
+        rows.append({**tuned, "learning_rate": v["lr"], "baseline_lr": base["lr"], "tuned": True})
+    return rows
+
+
+def sensitivity_rows(table, chosen, base_key, n_boot, interval, name):
+    """LR sensitivity: per variant with an LR grid, the gain (at the table's target, against the baseline at its
+    chosen LR) when the variant runs at the neighbouring grid LRs instead of its chosen one. For the baseline
+    row: the baseline at its chosen LR over itself at its neighbours (how much worse it gets there). Every seed
+    that ran both is paired (with --measure_seeds the neighbouring LRs may have run on the other seeds only)."""
+    rows, base = [], chosen[base_key]
+    base_curves, _, _, _ = measure_side(at_lr(base["all_runs"], base["lr"], None), table["method"])
+    for (label, arch), v in chosen.items():
+        lrs = sorted({r["lr"] for r in v["all_runs"]}, key=order)
+        if len(lrs) < 2:
+            continue
+        i = lrs.index(v["lr"])
+        main = next(r for r in table["rows"] if r["label"] == name(label, arch))
+        row = {"label": name(label, arch), "is_baseline": (label, arch) == base_key, "learning_rate": v["lr"],
+               "gain": main["gain"], "gain_bound": main["gain_bound"], "neighbours": []}
+        for lr in [lrs[j] for j in (i - 1, i + 1) if 0 <= j < len(lrs)]:
+            curves, _, n_div, n_seeds = measure_side(at_lr(v["all_runs"], lr, None), table["method"])
+            if not curves:
+                row["neighbours"].append({"learning_rate": lr, "gain": None, "note": "diverged"})
+                continue
+            g = one_gain(base_curves, curves, table["target"], n_boot, interval, row["label"], table["baseline"],
+                         table["invert"])
+            row["neighbours"].append({"learning_rate": lr, **{k: g[k] for k in (
+                "gain", "gain_low", "gain_high", "gain_bound", "n_pairs")},
+                "note": f"{n_div} of {n_seeds} seeds diverged" if n_div else ""})
+        rows.append(row)
+    return rows
 
 
 BOUND_PREFIX = {None: "", "lower": ">", "upper": "<", "unknown": "?"}
@@ -564,15 +877,213 @@ def file_dataset(table):
 
 
 def format_ceg(row):
-    return f"{BOUND_PREFIX[row['bound']]}{row['ceg']:.2f}x"
+    """The gain of a row as printed: '1.23x', '>1.80x' (a lower bound), '?' bounds both ways."""
+    if row.get("gain") is None:
+        return "-"
+    return f"{BOUND_PREFIX[row['gain_bound']]}{row['gain']:.2f}x"
+
+
+def format_interval(row):
+    return f"[{row['gain_low']:.2f}, {row['gain_high']:.2f}]" if row.get("gain_low") is not None else "-"
+
+
+def gain_header(table):
+    """What the table's gains mean, naming both sides (the toolkit's one convention)."""
+    b = table["baseline"]
+    if table["invert"]:
+        return (f"gain of each variant over '{b}' = FLOPs '{b}' needs / FLOPs the variant needs to reach the "
+                f"target; > 1 means the variant is better (needs less compute)")
+    return (f"gain of '{b}' over each variant = FLOPs the variant needs / FLOPs '{b}' needs to reach the target; "
+            f"> 1 means '{b}' is better (needs less compute): for an ablation, the ablated innovation's gain; "
+            f"--invert for each variant over '{b}'")
+
+
+def method_header(table):
+    if table["method"] == "annealed":
+        return ("method: annealed points (final losses of cooldown branches and of whole runs at each budget); "
+                "FLOPs to the target interpolated in log-FLOPs between the bracketing points")
+    why = (f"a fallback: no annealed points, {table['method_why']}" if table.get("method_fallback")
+           else "--method curve")
+    return (f"method: MID-SCHEDULE ESTIMATE ({why}): FLOPs where one run's evaluation curve first crosses the "
+            f"target, with the LR still high there; cooldowns (or runs at several budgets) give annealed points")
+
+
+def interval_header(rows, interval):
+    """The interval line of a table: which interval, over how many seeds ("95% t-interval over 3 seeds")."""
+    ns = sorted({r["n_pairs"] for r in rows if r.get("interval") and r["n_pairs"]})
+    unpaired = sorted({r["interval_label"] for r in rows if r.get("interval") and not r["n_pairs"]})
+    if not ns and not unpaired:
+        return "interval: none (fewer than 2 seeds, or bounds)"
+    if not ns:
+        return "interval: " + "; ".join(unpaired)
+    name = "t-interval" if interval == "t" else "percentile bootstrap"
+    over = f"over {plural(ns[0], 'seed')}" if len(ns) == 1 else "over each row's paired seeds"
+    how = ("t with n-1 df on the mean paired log gain" if interval == "t" else
+           "resampled seeds; covers less than 95% with few seeds: README Analysis")
+    return f"interval: {CI_LEVEL:.0%} {name} {over} ({how})" + ("; " + ", ".join(unpaired) if unpaired else "")
+
+
+# ----------------------------------------------------------------------------- scale dependence
+
+
+def scale_table(tables):
+    """Per comparison (study, dataset, variant) measured at 2 or more widths: the gain against compute and the
+    fitted slope b = d log(gain) / d log(C), C = the training FLOPs of the baseline's longest runs at that width
+    (a design variable: the seed noise is all in the gains, none in C). Ordinary least squares over the per-seed
+    log gains (each seed's runs at each width are independent runs: the unit of replication), with a t-interval
+    on b (df = N - 2). Widths whose gain is a bound are left out."""
+    out = []
+    rows = [(t, r) for t in tables for r in t["rows"] if not r["is_baseline"] and t["width"] is not None]
+    for (study, ds, label), group_rows in group(rows, lambda tr: (tr[0]["study"], tr[0].get("dataset"),
+                                                                  tr[1]["label"])).items():
+        widths, x, y, notes = [], [], [], []
+        for t, r in sorted(group_rows, key=lambda tr: tr[0]["width"]):
+            if r["bound"] is not None:
+                notes.append(f"width {t['width']}: a bound, left out")
+                continue
+            per_seed = [v if r["gain_of"] == label else 1 / v for v in r["per_seed"].values()] or [r["gain"]]
+            widths.append({"width": t["width"], "compute": t["compute"], "gain": r["gain"],
+                           "gain_low": r["gain_low"], "gain_high": r["gain_high"], "n_seeds": len(per_seed),
+                           "per_seed": per_seed})
+            x += [math.log10(t["compute"])] * len(per_seed)
+            y += [math.log10(g) for g in per_seed]
+        row = {"study": study, "dataset": ds, "label": label, "baseline": group_rows[0][1]["baseline"],
+               "gain_of": group_rows[0][1]["gain_of"], "gain_over": group_rows[0][1]["gain_over"],
+               "widths": widths, "n_points": len(y), "slope": None, "slope_low": None, "slope_high": None,
+               "verdict": None, "note": "; ".join(notes)}
+        if len(widths) >= 2:
+            if len(y) >= 3 and len(set(x)) >= 2:
+                fit = scipy.stats.linregress(x, y)
+                half = scipy.stats.t.ppf((1 + CI_LEVEL) / 2, len(y) - 2) * fit.stderr
+                row.update(slope=fit.slope, intercept=fit.intercept, slope_low=fit.slope - half,
+                           slope_high=fit.slope + half)
+                row["verdict"] = ("scale-invariant within its interval" if row["slope_low"] <= 0 <= row["slope_high"]
+                                  else "grows with compute" if fit.slope > 0 else "shrinks with compute")
+            else:
+                why = "every width has the same compute" if len(set(x)) < 2 else "too few seed points (3 needed)"
+                row["note"] = "; ".join(filter(None, [row["note"], f"no slope: {why}"]))
+            out.append(row)
+    return out
+
+
+def print_scale(rows):
+    for (study,), rs in group(rows, lambda r: (r["study"],)).items():
+        print(f"\n== {study}: scale dependence: each gain against compute ==")
+        print("slope b = d log(gain) / d log(C), C = training FLOPs of the baseline's longest runs at each width; "
+              "least squares over per-seed log gains (each seed's runs at each width are the independent unit), "
+              f"{CI_LEVEL:.0%} t-interval on b with N-2 df; b = 0: the same gain at every compute")
+        print_table(["comparison", "dataset", "gain at each width", "seed points", "slope b", "interval", "verdict",
+                     "note"],
+                    [[f"{r['gain_of']} over {r['gain_over']}", r["dataset"] or "-",
+                      ", ".join(f"{w['width']}: {w['gain']:.2f}x" for w in r["widths"]), r["n_points"],
+                      fmt(r["slope"], "+.3f"),
+                      f"[{r['slope_low']:+.3f}, {r['slope_high']:+.3f}]" if r["slope_low"] is not None else "-",
+                      r["verdict"] or "-", r["note"]] for r in rs])
+
+
+def plot_scale(study, rows, folder, written):
+    rows = [r for r in rows if r["widths"]]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    computes = []
+    for c, r in zip(colors(len(rows)), rows):
+        cs = np.array([w["compute"] for w in r["widths"]])
+        computes += list(cs)
+        for w in r["widths"]:
+            ax.plot([w["compute"]] * len(w["per_seed"]), w["per_seed"], ".", color=c, alpha=0.5, ms=5)
+            if w["gain_low"] is not None:
+                ax.errorbar(w["compute"], w["gain"], yerr=[[w["gain"] - w["gain_low"]], [w["gain_high"] - w["gain"]]],
+                            fmt="none", ecolor=c, capsize=3, lw=1)
+        verdict = (f"b = {r['slope']:+.2f} [{r['slope_low']:+.2f}, {r['slope_high']:+.2f}]: {r['verdict']}"
+                   if r["slope_low"] is not None else "no interval")
+        ax.plot(cs, [w["gain"] for w in r["widths"]], "o", color=c, ms=6,
+                label=plot_label(f"{r['gain_of']} over {r['gain_over']}: {verdict}"))
+        if r["slope"] is not None:
+            xs = np.geomspace(cs.min(), cs.max(), 20)
+            ax.plot(xs, 10 ** (r["intercept"] + r["slope"] * np.log10(xs)), "-", color=c, lw=1)
+        for w in r["widths"]:
+            ax.annotate(f"w{w['width']}", (w["compute"], w["gain"]), xytext=(4, -10), textcoords="offset points",
+                        fontsize=7, color=c)
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    log_ticks(ax, "x", min(computes), max(computes))
+    lo, hi = ax.get_ylim()
+    gain_ticks(ax, lo, hi, "y")
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("compute C: training FLOPs of the baseline's longest runs at that width (log scale)")
+    ax.set_ylabel("gain (log scale; > 1: the first-named side needs less compute)")
+    ax.set_title(plot_label(f"{study}: scale dependence of each gain\ndots: seeds; whiskers: {CI_LEVEL:.0%} "
+                            f"t-interval over seeds; line: least-squares fit over seeds"), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    save(fig, os.path.join(folder, "scale_dependence.png"), written)
+
+
+# ----------------------------------------------------------------------------- coverage of the intervals
+
+
+def interval_coverage(n_seeds, interval="t", gain=1.5, sigma=0.2, replications=2000, seed=0, n_boot=N_BOOTSTRAP):
+    """Fraction of simulated studies whose interval covers the true gain. Each study has n_seeds seeds; per seed
+    the baseline's annealed curve has its own lognormal scatter and the variant reaches every loss with
+    gain x lognormal(0, sigma) times less compute (the seed scatter of the paired gain). Each study goes through
+    compare() as a real one does."""
+    rng = np.random.default_rng(seed)
+    flops = 1e12 * 2.0 ** np.arange(8)
+    loss = 4.0 - 0.2 * np.arange(8)  # linear in log FLOPs: the crossings are exact, only the seeds scatter
+    covered = 0
+    for _ in range(replications):
+        base_scale = np.exp(rng.normal(0, sigma, n_seeds))
+        shift = gain * np.exp(rng.normal(0, sigma, n_seeds))
+        base = [{"seed": s, "flops": flops * base_scale[s], "loss": loss} for s in range(n_seeds)]
+        variant = [{"seed": s, "flops": flops * base_scale[s] / shift[s], "loss": loss} for s in range(n_seeds)]
+        out = compare(base, variant, target=3.3, n_boot=n_boot, interval=interval)
+        covered += out["ci_low"] is not None and out["ci_low"] <= gain <= out["ci_high"]
+    return covered / replications
+
+
+def coverage_table(seeds=(2, 3, 5), replications=2000, gain=1.5, sigma=0.2):
+    return [{"n_seeds": n, "interval": kind, "coverage": interval_coverage(n, kind, gain, sigma, replications)}
+            for n in seeds for kind in INTERVALS]
+
+
+def print_coverage(rows, replications, gain, sigma):
+    print(f"coverage of the nominal {CI_LEVEL:.0%} intervals: {replications} simulated studies per cell, true gain "
+          f"{gain}, per-seed log gain ~ N(log {gain}, {sigma}) (lognormal seed scatter); binomial s.e. about "
+          f"{math.sqrt(0.95 * 0.05 / replications):.3f} near 95%")
+    cells = {(r["n_seeds"], r["interval"]): r["coverage"] for r in rows}
+    print_table(["seeds", "t-interval (default)", "percentile bootstrap"],
+                [[n, f"{cells[(n, 't')]:.3f}", f"{cells[(n, 'bootstrap')]:.3f}"]
+                 for n in sorted({r["n_seeds"] for r in rows})])
 
 
 # ----------------------------------------------------------------------------- steps to accuracy
 
 
+def censored_median(values, budgets):
+    """Median of a censored sample: values[i] None means 'not reached within budgets[i]' (the true value is
+    above budgets[i]). Returns (median, kind): kind 'exact'; 'above' (the median is more than the returned
+    value: half or more never got there); 'between' (returned (low, high): a censored budget falls inside)."""
+    low = np.median([v if v is not None else b for v, b in zip(values, budgets)])
+    high = np.median([v if v is not None else math.inf for v in values])
+    if low == high:
+        return float(low), "exact"
+    if math.isinf(high):
+        return float(low), "above"
+    return (float(low), float(high)), "between"
+
+
+def spread(values):
+    """(mean, min, max) of the finite values, Nones when there are none."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    return (float(np.mean(v)), min(v), max(v)) if v else (None, None, None)
+
+
 def steps_to_accuracy(records):
-    """Per (study, dataset, label, arch, width, LR) of task runs: steps to 99% val accuracy, mean and
-    standard error std/sqrt(n) over the runs that got there, and how many never did."""
+    """Per (study, dataset, label, arch, width, LR) of task runs: steps to 99% val accuracy as a censored
+    statistic (median with never-reached runs counted as '> the steps they ran'), how many got there, the
+    mean and standard error over those that did, and the final train and val accuracy (mean, min, max)."""
     table = []
     tasks = [r for r in records if r["task"]]
     for (study, dataset, label, arch, width, lr), runs in group(
@@ -581,15 +1092,26 @@ def steps_to_accuracy(records):
         never = [r for r in runs if r["step_val_acc_99"] is None]
         n = len(steps)
         std = float(steps.std(ddof=1)) if n >= 2 else None
+        median, kind = censored_median([r["step_val_acc_99"] for r in runs], [r["last_step"] or 0 for r in runs])
+        final = {name: spread([(r["final_acc"] or {}).get(name) for r in runs]) for name in ("train_acc", "val_acc")}
         table.append({"study": study, "dataset": dataset, "label": label, "arch": arch, "width": width,
                       "learning_rate": lr, "n_runs": len(runs), "n_reached": n,
+                      "median_steps": median, "median_kind": kind,
                       "mean_steps": float(steps.mean()) if n else None, "std": std,
                       "sem": std / math.sqrt(n) if std is not None else None,
                       "never": len(never), "never_max_steps": max((r["last_step"] or 0 for r in never), default=None),
-                      "steps": steps.tolist()})
-    table.sort(key=lambda r: (order(r["study"]), order(r["dataset"]), r["mean_steps"] is None,
-                              r["mean_steps"] or 0))
+                      "never_steps": [r["last_step"] for r in never], "steps": steps.tolist(),
+                      **{f"final_{name}_{stat}": v for name, (m, lo, hi) in final.items()
+                         for stat, v in (("mean", m), ("min", lo), ("max", hi))}})
+    sort_key = lambda r: (math.inf if r["median_kind"] == "above" else
+                          r["median_steps"][0] if r["median_kind"] == "between" else r["median_steps"])
+    table.sort(key=lambda r: (order(r["study"]), order(r["dataset"]), sort_key(r), -r["n_reached"]))
     return table
+
+
+def format_median(row):
+    m, kind = row["median_steps"], row["median_kind"]
+    return f"{m:.0f}" if kind == "exact" else f"> {m:.0f}" if kind == "above" else f"{m[0]:.0f}-{m[1]:.0f}"
 
 
 # ----------------------------------------------------------------------------- loss against a config key
@@ -612,10 +1134,17 @@ def vs_table(records, key, by, metric):
         points = lr_points(runs, metric) if tune_lr else [
             {"lr": None, "loss": float(np.mean([run_loss(r, metric) for r in runs])), "runs": runs}]
         best = min(points, key=lambda p: p["loss"])
+        seeds = [run_loss(r, metric) for r in best["runs"]]
+        finite = [v for v in seeds if math.isfinite(v)]
+        ci = t_interval(finite) if len(finite) == len(seeds) else None
         table.append({"study": study, "key": key, "value": x, "by": by, "by_value": by_value,
                       "loss": best["loss"] if math.isfinite(best["loss"]) else None,
                       "best_lr": best["lr"] if tune_lr and len(points) > 1 else None,
-                      "n_runs": len(runs), "n_diverged": sum(r["diverged"] for r in runs)})
+                      "n_runs": len(runs), "n_diverged": sum(r["diverged"] for r in runs),
+                      # the seed spread of the cell (at its best LR): every run's loss, range, t-interval
+                      "seed_losses": seeds, "n_seeds": len(seeds),
+                      "loss_low": min(finite, default=None), "loss_high": max(finite, default=None),
+                      "loss_ci_low": ci and ci[0], "loss_ci_high": ci and ci[1]})
     return table
 
 
@@ -697,10 +1226,15 @@ def print_lr(table, trends, metric, detailed):
                          for t in study_trends])
 
 
-def print_ceg(tables, metric, verbose):
+def comparison(row):
+    return f"{row['label']} (baseline)" if row.get("is_baseline") else f"{row['gain_of']} over {row['gain_over']}"
+
+
+def print_ceg(tables, metric, verbose, interval="t"):
     for t in tables:
         where = (f", width {t['width']}" if t["width"] is not None else "") + where_dataset(t)
-        print(f"\n== {t['study']}{where}: compute-equivalent gain vs '{t['baseline']}' ==")
+        sides = f"each variant over '{t['baseline']}'" if t.get("invert") else f"'{t['baseline']}' over each variant"
+        print(f"\n== {t['study']}{where}: compute-equivalent gain, {sides} ==")
         if t["baseline_default"]:
             print(f"baseline '{t['baseline']}' by default ('baseline', else 'modern', else the first label "
                   f"alphabetically); --baseline LABEL to choose")
@@ -708,47 +1242,94 @@ def print_ceg(tables, metric, verbose):
             print(f"note: {note}")
         if not t["rows"]:
             continue
-        how = "the lowest loss every compared run reaches; --target L to change" if t["target_default"] else "--target"
+        print(gain_header(t))
+        print(method_header(t))
+        how = ("the lowest loss every compared curve reaches; --target L to change" if t["target_default"]
+               else "--target")
         print(f"target val loss {t['target']:.4f} ({how})")
         if any(r["n_lrs"] > 1 for r in t["rows"]):
             print(f"each label at its best learning rate at this width by {metric} val loss (mean over seeds)")
-        print("CEG = FLOPs_baseline / FLOPs_variant to first reach the target (> 1: the variant needs less "
-              "compute); geometric mean over seeds, 95% bootstrap CI over seeds")
-        print_table(["label", "arch", "LR", "seeds", "FLOPs to target", "CEG", "95% CI", "note"],
-                    [[r["label"] + (" (baseline)" if r["is_baseline"] else ""), r["arch"],
-                      fmt(r["learning_rate"], ".2e"), r["n_seeds"],
+        print(interval_header(t["rows"], interval) + "; geometric mean over seeds")
+        print_table(["comparison", "arch", "LR", "seeds", "its FLOPs to target", "gain", "interval", "note"],
+                    [[comparison(r), r["arch"], fmt(r["learning_rate"], ".2e"), seeds_cell(r),
                       BOUND_PREFIX[r["flops_bound"]] + f"{r['flops_to_target']:.3e}", format_ceg(r),
-                      f"[{r['ci_low']:.2f}, {r['ci_high']:.2f}]" if r["ci_low"] is not None else "-",
-                      r["note"]] for r in t["rows"]])
-        if any(r["ci_low"] is not None and max(r["n_pairs"], r["n_seeds"]) < 10 for r in t["rows"]):
-            print("note: over few seeds a percentile bootstrap covers the truth less often than 95% (in tests: about "
-                  "75% with 3 seeds, 86% with 5, 91% with 10): read it as the spread of the seeds")
+                      format_interval(r), r["note"]] for r in t["rows"]])
+        if t["winners_curse"]:
+            print(f"warning: winner's curse: {', '.join(t['winners_curse'])} chose the LR on the same runs that "
+                  f"measure the gain (its seeds' luck at the chosen LR biases the gain): choose on other seeds with "
+                  f"--select_seeds S --measure_seeds M, or in a separate LR sweep (README Analysis)")
         if verbose:
             for r in t["rows"]:
                 per = ", ".join(f"seed {s}: {c:.3f}x" for s, c in r["per_seed"].items())
-                print(f"  {r['label']}: {per}")
+                print(f"  {r['label']} (per seed, the variant over the baseline): {per}")
+        print_per_lr(t)
+        print_sensitivity(t)
+
+
+def seeds_cell(row):
+    """The seeds of a row, and how many of them are paired with the baseline's when that differs."""
+    paired = row["n_pairs"] != row["n_seeds"] and row["n_pairs"] and not row["is_baseline"]
+    return f"{row['n_seeds']} ({row['n_pairs']} paired)" if paired else str(row["n_seeds"])
+
+
+def print_per_lr(t):
+    if not t["per_lr"]:
+        return
+    print(f"\ndoes the gain depend on the LR? {gain_header(t).split(' = ')[0]} at each LR both were run at (paired "
+          f"by seed; target per LR: the lowest loss both reach there, unless --target), then tuned vs tuned")
+    rows = []
+    for r in t["per_lr"]:
+        lr = (f"tuned: {fmt(r['learning_rate'], '.2e')} vs {fmt(r['baseline_lr'], '.2e')}" if r["tuned"]
+              else fmt(r["learning_rate"], ".2e"))
+        name = comparison(r) if r.get("gain") is not None else r["label"]
+        rows.append([name, lr, fmt(r.get("target_loss"), ".4f"), format_ceg(r), format_interval(r),
+                     r.get("n_pairs", "-"), r.get("note", "")])
+    print_table(["comparison", "LR", "target", "gain", "interval", "pairs", "note"], rows)
+
+
+def print_sensitivity(t):
+    if not t["sensitivity"]:
+        return
+    print(f"\nLR sensitivity: the gain if the variant ran at its neighbouring grid LRs instead of its chosen one "
+          f"(the baseline at its chosen LR, target {t['target']:.4f}); baseline row: the baseline over itself at "
+          f"its neighbours (every gain above would divide by it)")
+    show = lambda n: (f"{fmt(n['learning_rate'], '.2e')}: " +
+                      (n["note"] if n["gain"] is None else f"{format_ceg(n)} {format_interval(n)}".rstrip(" -")))
+    print_table(["label", "chosen LR", "gain", "neighbouring LRs: gain"],
+                [[r["label"] + (" (baseline)" if r["is_baseline"] else ""), fmt(r["learning_rate"], ".2e"),
+                  format_ceg(r), "; ".join(show(n) for n in r["neighbours"])] for r in t["sensitivity"]])
 
 
 def print_acc(table):
     for (study,), rows in group(table, lambda r: (r["study"],)).items():
-        print(f"\n== {study}: steps to {ACC_TARGET:.0%} validation accuracy (mean and standard error "
-              f"std/sqrt(n) over the runs that got there) ==")
-        print_table(["dataset", "label", "arch", "width", "LR", "runs", "reached", "mean steps", "s.e.",
-                     "never reached"],
+        print(f"\n== {study}: steps to {ACC_TARGET:.0%} validation accuracy: median over runs with the ones that "
+              f"never got there counted as '> the steps they ran' (censored); final accuracies mean [min, max] ==")
+        acc = lambda r, name: (f"{r[f'final_{name}_mean']:.3f} [{r[f'final_{name}_min']:.3f}, "
+                               f"{r[f'final_{name}_max']:.3f}]" if r[f"final_{name}_mean"] is not None else "-")
+        print_table(["dataset", "label", "arch", "width", "LR", "reached", "median steps", "never reached",
+                     "final train acc", "final val acc"],
                     [[r["dataset"], r["label"], r["arch"], fmt(r["width"]), fmt(r["learning_rate"], ".2e"),
-                      r["n_runs"], r["n_reached"], fmt(r["mean_steps"], ".0f"), fmt(r["sem"], ".0f"),
-                      f"{r['never']} (ran {r['never_max_steps']:.0f} steps)" if r["never"] else "0"]
-                     for r in rows])
+                      f"{r['n_reached']}/{r['n_runs']}", format_median(r),
+                      f"{r['never']} (ran {r['never_max_steps']:.0f} steps)" if r["never"] else "0",
+                      acc(r, "train_acc"), acc(r, "val_acc")] for r in rows])
 
 
 def print_vs(table, key, by, metric):
     for (study,), rows in group(table, lambda r: (r["study"],)).items():
         print(f"\n== {study}: {metric} val loss against {key}" + (f", by {by}" if by else "") +
-              " (a cell with several LRs: its best LR, mean over seeds) ==")
+              ": mean over seeds [seed range] (a cell with several LRs: its best LR) ==")
         by_values = sorted({r["by_value"] for r in rows}, key=order)
         xs = sorted({r["value"] for r in rows}, key=order)
         cell = {(r["value"], r["by_value"]): r for r in rows}
-        show = lambda r: "-" if r is None else "diverged" if r["loss"] is None else f"{r['loss']:.4f}"
+
+        def show(r):
+            if r is None:
+                return "-"
+            if r["loss"] is None:
+                return f"diverged ({r['n_diverged']} of {r['n_runs']})"
+            if r["n_seeds"] < 2:
+                return f"{r['loss']:.4f}"
+            return f"{r['loss']:.4f} [{r['loss_low']:.3f}, {r['loss_high']:.3f}]"
         print_table([key] + ([f"{by}={b}" for b in by_values] if by else ["val loss"]),
                     [[str(x)] + [show(cell.get((x, b))) for b in by_values] for x in xs])
 
@@ -759,6 +1340,28 @@ def print_vs(table, key, by, metric):
 def short_e(v):
     mantissa, exponent = f"{v:.0e}".split("e")
     return f"{mantissa}e{int(exponent)}"  # 5e9, not 5e+09
+
+
+def tick_text(v):
+    """A log-axis tick label: plain decimals where they are short ('0.002', '300'), else '5e9'."""
+    return f"{v:g}" if 1e-4 <= abs(v) < 1e5 else short_e(v)
+
+
+def log_ticks(ax, axis, lo, hi):
+    """Legible ticks on a log axis spanning [lo, hi]: major ticks at 1-2-5 (or fewer) per decade depending on the
+    span, labelled as plain numbers, minor ticks unlabelled (matplotlib's own labels crowd into
+    '2x10^-3 3x10^-3 4x10^-3' on short spans)."""
+    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
+        return
+    decades = math.log10(max(hi, lo * 1.0001) / lo)
+    subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if decades < 0.6 else (1.0, 2.0, 3.0, 5.0) if decades < 1.3 else \
+        (1.0, 2.0, 5.0) if decades < 2.2 else (1.0, 3.0) if decades < 4 else (1.0,)
+    which = ax.xaxis if axis == "x" else ax.yaxis
+    which.set_major_locator(matplotlib.ticker.LogLocator(subs=subs, numticks=12))
+    which.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: tick_text(v)))
+    which.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    if decades > 6:  # one label per decade is still too many: let matplotlib thin the decades
+        which.set_major_locator(matplotlib.ticker.LogLocator(numticks=7))
 
 
 def plot_label(text):
@@ -781,44 +1384,64 @@ def save(fig, path, written):
     written.append(path)
 
 
+def finite_range(values):
+    v = np.array([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    return (float(v.min()), float(v.max())) if len(v) else (None, None)
+
+
 def plot_lr_sweeps(rows, study, folder, written):
-    panels = group([r for r in rows if r["n_lrs"] >= 2], lambda r: (r["label"], r["arch"]))
-    if not panels:
+    """One panel per width, every variant's sweep in it (so the comparison is read off one pair of axes), the
+    same y-range in every panel; the band is the seeds' range at each LR."""
+    rows = [r for r in rows if r["n_lrs"] >= 2]
+    if not rows:
         return
+    panels = group(rows, lambda r: (r["width"],))
+    keys = sorted({(r["label"], r["arch"]) for r in rows}, key=lambda k: tuple(map(order, k)))
+    color = dict(zip(keys, colors(len(keys))))
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
-    fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.8 * nrow), squeeze=False)
-    for ax, ((label, arch), sweeps) in zip(axes.flat, panels.items()):
+    fig, axes = plt.subplots(nrow, ncol, figsize=(5.5 * ncol, 4.2 * nrow), squeeze=False, sharey=True)
+    low, _ = finite_range([x for r in rows for x in r["loss_low"]])
+    worst_best = max(r["best_val_loss"] for r in rows if r["best_val_loss"] is not None) if any(
+        r["best_val_loss"] is not None for r in rows) else None
+    _, high = finite_range([x for r in rows for x in r["loss_high"]])
+    if low is not None and worst_best is not None:  # show the optima, not the far edges of the grid
+        high = min(high, worst_best + max(3 * (worst_best - low), 0.3))
+    all_lrs = [lr for r in rows for lr in r["lrs"] if lr]
+    for ax, ((w,), sweeps) in zip(axes.flat, panels.items()):
         diverged = []
-        for color, r in zip(colors(len(sweeps)), sweeps):
-            lrs, losses = np.array(r["lrs"]), np.array(r["losses"])
+        for r in sweeps:
+            c = color[(r["label"], r["arch"])]
+            lrs, losses = np.array(r["lrs"], float), np.array(r["losses"], float)
             ok = np.isfinite(losses)
-            refined = f", refined {r['refined_lr']:.1e}" if r["refined_lr"] else ""
-            ax.plot(lrs[ok], losses[ok], "o-", color=color, ms=4,
-                    label=f"width {r['width']}: best {fmt(r['best_lr'], '.1e')}{refined}")
+            ax.plot(lrs[ok], losses[ok], "o-", color=c, ms=4,
+                    label=plot_label(f"{r['label']} ({r['arch']}): best {fmt(r['best_lr'], '.2g')}"))
+            lo, hi = np.array(r["loss_low"], float), np.array(r["loss_high"], float)
+            band = np.isfinite(lo) & np.isfinite(hi) & ok
+            if band.any() and (hi[band] > lo[band]).any():
+                ax.fill_between(lrs[band], lo[band], hi[band], color=c, alpha=0.18, lw=0)
             if r["best_lr"] is not None:
-                ax.plot([r["best_lr"]], [r["best_val_loss"]], "*", color=color, ms=14, mec="k")
-            if r["refined_lr"] is not None:
-                i = r["lrs"].index(r["best_lr"])
-                x3, y3 = np.log10(lrs[i - 1:i + 2]), losses[i - 1:i + 2]
-                xs = np.linspace(x3[0], x3[-1], 50)
-                ax.plot(10 ** xs, np.polyval(np.polyfit(x3, y3, 2), xs), ":", color=color, lw=1)
-                ax.axvline(r["refined_lr"], color=color, ls=":", lw=0.8)
-            diverged += [(lr, color) for lr in lrs[~ok]]
+                ax.plot([r["best_lr"]], [r["best_val_loss"]], "*", color=c, ms=13, mec="k")
+            diverged += [(lr, c) for lr in lrs[~ok]]
         ax.set_xscale("log")
-        if diverged:  # at the top of the panel, one row per width so they do not hide each other
+        log_ticks(ax, "x", min(all_lrs), max(all_lrs))
+        if diverged:  # at the top of the panel, one row per variant so they do not hide each other
             top = ax.get_xaxis_transform()  # x in data, y in axes fraction
-            for j, (lr, color) in enumerate(diverged):
-                ax.plot([lr], [0.97 - 0.05 * j], "x", color=color, ms=8, mew=2, transform=top)
+            for j, (lr, c) in enumerate(diverged):
+                ax.plot([lr], [0.97 - 0.04 * (j % 5)], "x", color=c, ms=8, mew=2, transform=top)
             ax.plot([], [], "kx", label="diverged")
-        ax.set_title(plot_label(f"{label} ({arch})"))
+        ax.set_title(f"width {w}")
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=8)
+    if low is not None and high is not None and high > low:
+        axes.flat[0].set_ylim(low - 0.04 * (high - low), high)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    fig.suptitle(plot_label(f"{study}: loss vs learning rate (star: best LR; dotted: parabola refinement)"))
+    fig.suptitle(plot_label(f"{study}: loss vs learning rate, mean over seeds (band: seed range; star: best LR; "
+                            f"same y-range in every panel)"), fontsize=10)
     fig.tight_layout()
     save(fig, os.path.join(folder, "lr_sweep.png"), written)
 
@@ -842,6 +1465,8 @@ def plot_lr_trend(trends, rows, study, folder, written):
     ax.set_xticks(widths, [str(w) for w in widths])
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     ax.set_yscale("log")
+    low, high = ax.get_ylim()
+    log_ticks(ax, "y", low, high)
     ax.set_xlabel("width n_embd (log scale)")
     ax.set_ylabel("best learning rate (log scale)")
     ax.set_title(plot_label(f"{study}: best LR vs width, log10(LR) = a + b log10(width)"))
@@ -850,63 +1475,133 @@ def plot_lr_trend(trends, rows, study, folder, written):
     save(fig, os.path.join(folder, "lr_trend.png"), written)
 
 
+def gain_ticks(ax, lo, hi, axis="x"):
+    """Ticks on a log gain axis: 0.5x, 0.7x, 1x, 1.5x, 2x ... within [lo, hi] (every other one on wide ranges)."""
+    ticks = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 1.5, 2, 3, 5, 7)]
+    ticks = [x for x in ticks if lo <= x <= hi]
+    if len(ticks) < 3:  # a narrow range: mark its ends too
+        ticks = sorted(set(ticks) | {float(f"{lo * 1.03:.2g}"), float(f"{hi / 1.03:.2g}")})
+    if len(ticks) > 9:
+        ticks = [x for x in ticks if f"{x:g}"[0] in "125"]
+    (ax.set_xticks if axis == "x" else ax.set_yticks)(ticks, [f"{x:g}x" for x in ticks])
+    (ax.xaxis if axis == "x" else ax.yaxis).set_minor_locator(matplotlib.ticker.NullLocator())
+
+
+def interval_words(rows):
+    labels = sorted({r["interval_label"] for r in rows if r.get("interval")})
+    return labels[0] if len(labels) == 1 else "95% intervals over seeds (see the table)" if labels else \
+        "no intervals (fewer than 2 seeds)"
+
+
 def plot_ceg(t, folder, written):
-    rows = [r for r in t["rows"] if r["bound"] != "unknown"][::-1]  # best at the top
+    rows = [r for r in t["rows"] if r["gain_bound"] != "unknown"][::-1]  # best at the top
     if not rows:
         return
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(rows) + 1.9))
     y = np.arange(len(rows))
-    cegs = np.array([r["ceg"] for r in rows])
-    bar_colors = ["0.6" if r["is_baseline"] else "tab:green" if r["ceg"] >= 1 else "tab:red" for r in rows]
+    gains = np.array([r["gain"] for r in rows])
+    bar_colors = ["0.6" if r["is_baseline"] else "tab:green" if r["gain"] >= 1 else "tab:red" for r in rows]
     # bars grow from 1 (no gain) on a log axis
-    ax.barh(y, cegs - 1, left=1, color=bar_colors, alpha=0.8, height=0.6,
-            hatch=["//" if r["bound"] else None for r in rows])  # hatched: a bound, not a value
+    ax.barh(y, gains - 1, left=1, color=bar_colors, alpha=0.8, height=0.6,
+            hatch=["//" if r["gain_bound"] else None for r in rows])  # hatched: a bound, not a value
     for yi, r in zip(y, rows):
-        if r["ci_low"] is not None:
-            ax.errorbar(r["ceg"], yi, xerr=[[r["ceg"] - r["ci_low"]], [r["ci_high"] - r["ceg"]]], fmt="none",
-                        ecolor="k", capsize=4, lw=1.2)
-        ax.annotate(format_ceg(r), (max(r["ceg"], r["ci_high"] or 0), yi), xytext=(5, 0),
-                    textcoords="offset points", va="center", fontsize=8)
-    lo = min(cegs.min(), *(r["ci_low"] for r in rows if r["ci_low"]), 1.0)
-    hi = max(cegs.max(), *(r["ci_high"] for r in rows if r["ci_high"]), 1.0)
+        if r["gain_low"] is not None:
+            ax.errorbar(r["gain"], yi, xerr=[[r["gain"] - r["gain_low"]], [r["gain_high"] - r["gain"]]],
+                        fmt="none", ecolor="k", capsize=4, lw=1.2)
+        ax.annotate(format_ceg(r) + (f" {format_interval(r)}" if r["gain_low"] is not None else ""),
+                    (max(r["gain"], r["gain_high"] or 0), yi), xytext=(5, 0), textcoords="offset points",
+                    va="center", fontsize=8)
+    lo = min(gains.min(), *(r["gain_low"] for r in rows if r["gain_low"]), 1.0)
+    hi = max(gains.max(), *(r["gain_high"] for r in rows if r["gain_high"]), 1.0)
     ax.set_xscale("log")
-    ax.set_xlim(lo / 1.15, hi * 1.3)
-    ticks = [m * 10.0 ** e for e in range(-3, 4) for m in (1, 1.5, 2, 3, 5, 7)]
-    ticks = [x for x in ticks if lo / 1.15 <= x <= hi * 1.3]
-    if len(ticks) < 3:  # a narrow range: mark its ends too
-        ticks = sorted(set(ticks) | {float(f"{lo / 1.1:.2g}"), float(f"{hi * 1.2:.2g}")})
-    ax.set_xticks(ticks, [f"{x:g}x" for x in ticks])
-    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    ax.set_xlim(lo / 1.15, hi * 1.6)
+    gain_ticks(ax, lo / 1.15, hi * 1.6)
     ax.axvline(1, color="k", lw=0.8)
-    ax.set_yticks(y, [plot_label(r["label"] + (" (baseline)" if r["is_baseline"] else "")) for r in rows])
-    xlabel = "CEG = FLOPs_baseline / FLOPs_variant to reach the target (log scale)"
-    if any(r["bound"] for r in rows):
+    ax.set_yticks(y, [plot_label(comparison(r)) for r in rows])
+    b = t["baseline"]
+    xlabel = (f"gain (log scale): > 1 means the variant needs less compute than '{b}'" if t["invert"] else
+              f"gain (log scale): > 1 means '{b}' needs less compute than the variant (the innovation helps)")
+    if any(r["gain_bound"] for r in rows):
         xlabel += "\nhatched: a bound (some run never reached the target)"
-    unknown = [r["label"] for r in t["rows"] if r["bound"] == "unknown"]
+    unknown = [r["label"] for r in t["rows"] if r["gain_bound"] == "unknown"]
     if unknown:
         xlabel += "\nnot shown (neither side reaches the target): " + ", ".join(unknown)
     ax.set_xlabel(plot_label(xlabel))
-    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: compute-equivalent gain vs '{t['baseline']}'\n"
-                            f"target val loss {t['target']:.3f}; whiskers: 95% bootstrap CI over seeds"),
+    method = "annealed points" if t["method"] == "annealed" else "MID-SCHEDULE estimate"
+    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: compute-equivalent gain "
+                            f"({method})\ntarget val loss {t['target']:.3f}; whiskers: {interval_words(t['rows'])}"),
                  fontsize=10)
     ax.grid(alpha=0.3, axis="x", which="both")
     save(fig, os.path.join(folder, f"ceg_w{t['width']}{file_dataset(t)}.png"), written)
 
 
+def plot_per_lr(t, folder, written):
+    """The gain at each shared LR (whiskers: its interval), and tuned vs tuned as a dashed line."""
+    rows = [r for r in t["per_lr"] if r.get("gain") is not None and r["gain_bound"] != "unknown"]
+    if not any(not r["tuned"] for r in rows):
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    labels = sorted({r["label"] for r in rows}, key=order)
+    for c, label in zip(colors(len(labels)), labels):
+        pts = [r for r in rows if r["label"] == label and not r["tuned"]]
+        lrs = np.array([r["learning_rate"] for r in pts])
+        g = np.array([r["gain"] for r in pts])
+        ax.plot(lrs, g, "o-", color=c, label=plot_label(comparison(pts[0]) + " at the same LR") if pts else None)
+        for r in pts:
+            if r["gain_low"] is not None:
+                ax.errorbar(r["learning_rate"], r["gain"], yerr=[[r["gain"] - r["gain_low"]],
+                                                                 [r["gain_high"] - r["gain"]]],
+                            fmt="none", ecolor=c, capsize=3, lw=1)
+            if r["gain_bound"]:
+                ax.annotate(BOUND_PREFIX[r["gain_bound"]], (r["learning_rate"], r["gain"]), xytext=(4, 4),
+                            textcoords="offset points", color=c)
+        tuned = next((r for r in rows if r["label"] == label and r["tuned"]), None)
+        if tuned:
+            ax.axhline(tuned["gain"], color=c, ls="--", lw=1,
+                       label=plot_label(f"tuned vs tuned: {format_ceg(tuned)} {format_interval(tuned)}"))
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    all_lrs = [r["learning_rate"] for r in rows]
+    log_ticks(ax, "x", min(all_lrs), max(all_lrs))
+    lo, hi = ax.get_ylim()
+    gain_ticks(ax, lo, hi, "y")
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("learning rate (both sides at this LR; log scale)")
+    b = t["baseline"]
+    ax.set_ylabel(plot_label(f"gain (> 1: {'the variant' if t['invert'] else repr(b)} needs less compute)"))
+    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: does the gain depend on the LR?\n"
+                            f"paired by seed at each LR; whiskers: {interval_words(rows)}"), fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    save(fig, os.path.join(folder, f"ceg_lr_w{t['width']}{file_dataset(t)}.png"), written)
+
+
 def plot_curves(t, folder, written):
+    """Loss vs compute of every compared seed: the evaluation curves thin, the annealed points (the ones the
+    gain is read from, with the annealed method) as markers joined by lines."""
     if not t["variants"]:
         return
     fig, ax = plt.subplots(figsize=(8, 5))
-    all_losses = []
-    for color, ((label, arch), v) in zip(colors(len(t["variants"])), t["variants"].items()):
-        for i, r in enumerate(v["runs"]):
-            ax.plot(r["flops"], r["loss"], "-", color=color, lw=1.2, alpha=0.8,
-                    label=plot_label(f"{label} (lr {fmt(v['lr'], '.1e')}, {plural(len(v['runs']), 'seed')})")
-                    if i == 0 else None)
-            f, bound = flops_to_target(r["flops"], r["loss"], t["target"])
+    all_losses, all_flops = [], []
+    annealed = t["method"] == "annealed"
+    for color, ((label, _), v) in zip(colors(len(t["variants"])), t["variants"].items()):
+        name = plot_label(f"{label} (lr {fmt(v['lr'], '.2g')}, {plural(len(v['curves']), 'seed')})")
+        for c in v["curves"]:
+            for r in c["runs"]:
+                ax.plot(r["flops"], r["loss"], "-", color=color, lw=0.8 if annealed else 1.2,
+                        alpha=0.35 if annealed else 0.8, label=None if annealed else name)
+                name = None if not annealed else name  # one legend entry per label
+                all_flops.append(r["flops"])
+                all_losses.append(r["loss"])
+            if annealed:
+                ax.plot(c["flops"], c["loss"], "o-", color=color, ms=4, lw=1.4, label=name)
+                name = None
+            f, bound = flops_to_target(c["flops"], c["loss"], t["target"])
             if bound is None:
-                ax.plot([f], [t["target"]], "o", color=color, ms=4)
-            all_losses.append(r["loss"])
+                ax.plot([f], [t["target"]], "D", color=color, ms=5, mec="k")
+            all_losses.append(c["loss"])
+            all_flops.append(c["flops"])
     ax.axhline(t["target"], color="k", ls="--", lw=1, label=f"target {t['target']:.3f}")
     losses = np.concatenate(all_losses)
     low = min(losses.min(), t["target"])
@@ -914,16 +1609,14 @@ def plot_curves(t, folder, written):
     high = max(min(losses.max(), t["target"] + 4 * (t["target"] - low)), low + 0.1)
     ax.set_ylim(low - 0.05 * (high - low), high)
     ax.set_xscale("log")
-    flops = np.concatenate([r["flops"] for v in t["variants"].values() for r in v["runs"]])
-    # ticks at 1, 2, 5 x 10^k read better than matplotlib's 10^k with crowded minor labels
-    subs = (1.0, 2.0, 5.0) if flops.max() / flops.min() < 1e3 else (1.0,)
-    ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=subs))
-    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: short_e(v)))
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    flops = np.concatenate(all_flops)
+    log_ticks(ax, "x", flops.min(), flops.max())
     ax.set_xlabel("training FLOPs (log scale)")
     ax.set_ylabel("validation loss (nats/token)")
-    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: validation loss vs compute (each label at its "
-                            f"best LR)\ndots: first crossing of the target"), fontsize=10)
+    what = ("annealed points (markers; thin: evaluation curves, mid-schedule)" if annealed else
+            "MID-SCHEDULE evaluation curves (no annealed points)")
+    ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: validation loss vs compute, each "
+                            f"label at its chosen LR\n{what}; diamonds: where the gain reads the target"), fontsize=10)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
     save(fig, os.path.join(folder, f"curves_w{t['width']}{file_dataset(t)}.png"), written)
@@ -935,6 +1628,7 @@ def plot_accuracy(records, study, folder, written):
         ncol = min(3, len(panels))
         nrow = math.ceil(len(panels) / ncol)
         fig, axes = plt.subplots(nrow, ncol, figsize=(5 * ncol, 3.6 * nrow), squeeze=False)
+        steps = [s for r in runs for s in r["acc"]["step"] if math.isfinite(s) and s > 0]
         for ax, ((label,), rs) in zip(axes.flat, panels.items()):
             for color, r in zip(colors(len(rs)), rs):
                 step = r["acc"]["step"]
@@ -945,6 +1639,8 @@ def plot_accuracy(records, study, folder, written):
                             label=plot_label(f"seed {r['seed']} {name.split('_')[0]}"))
             ax.axhline(ACC_TARGET, color="k", lw=0.6, ls=":")
             ax.set_xscale("log")
+            if steps:
+                log_ticks(ax, "x", min(steps), max(steps))
             ax.set_ylim(-0.02, 1.02)
             ax.set_title(plot_label(label))
             ax.set_xlabel("optimizer steps (log scale)")
@@ -960,6 +1656,8 @@ def plot_accuracy(records, study, folder, written):
 
 
 def plot_vs(rows, key, by, metric, study, folder, written):
+    """Loss against a config key, a line per value of --by: the mean over seeds, every seed as a dot and the seed
+    range as a bar, so the spread is seen next to the differences."""
     xs = sorted({r["value"] for r in rows}, key=order)
     numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(as_float(x)) for x in xs)
     position = (lambda x: x) if numeric else (lambda x: xs.index(x))
@@ -969,14 +1667,23 @@ def plot_vs(rows, key, by, metric, study, folder, written):
         rs = sorted([r for r in rs if r["loss"] is not None], key=lambda r: order(r["value"]))
         ax.plot([position(r["value"]) for r in rs], [r["loss"] for r in rs], "o-" if numeric else "o", color=color,
                 label=plot_label(f"{by} = {b}") if by else None)
+        for r in rs:
+            seeds = [v for v in r["seed_losses"] if math.isfinite(v)]
+            if len(seeds) > 1:
+                x = position(r["value"])
+                ax.plot([x] * len(seeds), seeds, ".", color=color, alpha=0.6, ms=5)
+                ax.errorbar(x, r["loss"], yerr=[[r["loss"] - r["loss_low"]], [r["loss_high"] - r["loss"]]],
+                            fmt="none", ecolor=color, capsize=3, lw=1, alpha=0.8)
     if numeric and min(xs) > 0 and max(xs) / min(xs) >= 8:
         ax.set_xscale("log")
+        log_ticks(ax, "x", min(xs), max(xs))
     if not numeric:
         ax.set_xticks(range(len(xs)), [plot_label(x) for x in xs], rotation=30, ha="right")
     ax.set_xlabel(plot_label(key + (" (log scale)" if ax.get_xscale() == "log" else "")))
     ax.set_ylabel(f"{metric} validation loss (nats/token)")
     ax.set_title(plot_label(f"{study}: {metric} val loss vs {key}" + (f" by {by}" if by else "") +
-                            "\n(a cell with several LRs: its best LR)"), fontsize=10)
+                            "\nmean over seeds; dots: seeds, bars: seed range (a cell with several LRs: its best LR)"),
+                 fontsize=10)
     ax.grid(alpha=0.3, which="both")
     if by:
         ax.legend(fontsize=8)
@@ -998,7 +1705,7 @@ def plot_folders(records, plots_dir):
     return folders
 
 
-def make_plots(records, lr_table, trends, tables, vs, args):
+def make_plots(records, lr_table, trends, tables, vs, scale, args):
     written = []
     for study, folder in plot_folders(records, args.plots).items():
         plot_lr_sweeps([r for r in lr_table if r["study"] == study], study, folder, written)
@@ -1008,6 +1715,8 @@ def make_plots(records, lr_table, trends, tables, vs, args):
             if t["study"] == study and t["rows"]:
                 plot_ceg(t, folder, written)
                 plot_curves(t, folder, written)
+                plot_per_lr(t, folder, written)
+        plot_scale(study, [r for r in scale if r["study"] == study], folder, written)
         plot_accuracy([r for r in records if r["study"] == study], study, folder, written)
         if args.vs:
             rows = [r for r in vs if r["study"] == study]
@@ -1032,13 +1741,20 @@ def clean(v):
     return v
 
 
-def report(records, skipped, lr_table, trends, tables, acc, vs, plots):
+def report(records, skipped, lr_table, trends, tables, acc, vs, scale, plots, interval="t"):
     lr_keys = ["study", "label", "arch", "width", "best_lr", "best_val_loss", "refined_lr", "refined_loss",
-               "at_edge", "widen_toward", "runner_up_lr", "runner_up_loss", "n_lrs", "lrs", "losses", "n_runs",
-               "n_diverged", "seeds", "note"]
+               "at_edge", "widen_toward", "runner_up_lr", "runner_up_loss", "n_lrs", "lrs", "losses", "loss_low",
+               "loss_high", "n_runs", "n_diverged", "seeds", "note"]
     ceg_keys = ["study", "width", "dataset", "label", "arch", "baseline", "is_baseline", "target_loss", "ceg", "bound",
                 "ci_low", "ci_high", "n_pairs", "n_seeds", "learning_rate", "n_lrs", "flops_to_target", "flops_bound",
-                "per_seed", "note"]
+                "per_seed", "note",
+                # the toolkit's gain convention (README Analysis): gain of gain_of over gain_over, > 1: gain_of better
+                "gain", "gain_low", "gain_high", "gain_bound", "gain_of", "gain_over", "method", "interval",
+                "interval_label", "n_diverged", "winners_curse"]
+    per_lr_keys = ["label", "baseline", "learning_rate", "baseline_lr", "tuned", "target_loss", "gain", "gain_low",
+                   "gain_high", "gain_bound", "gain_of", "gain_over", "ceg", "ci_low", "ci_high", "n_pairs", "interval",
+                   "interval_label", "note"]
+    where = lambda t: {"study": t["study"], "width": t["width"], "dataset": t.get("dataset")}
     return clean({
         "runs": {"read": len(records), "skipped": len(skipped),
                  "diverged": sum(r["diverged"] for r in records),
@@ -1046,18 +1762,26 @@ def report(records, skipped, lr_table, trends, tables, acc, vs, plots):
         "run_table": [{"path": r["path"], "study": r["study"], "label": r["label"], "arch": r["arch"],
                        "width": r["width"], "learning_rate": r["lr"], "seed": r["seed"], "dataset": r["dataset"],
                        "status": r["status"], "diverged": r["diverged"], "final_val_loss": r["final_loss"],
-                       "best_val_loss": r["best_loss"], "steps": r["last_step"],
+                       "best_val_loss": r["best_loss"], "steps": r["last_step"], "n_annealed": len(r["anneal"]),
                        "step_val_acc_99": r["step_val_acc_99"], "warnings": r["warnings"]} for r in records],
         "best_lr": [{k: r[k] for k in lr_keys} for r in lr_table],
         "lr_trend": trends,
-        "ceg": [{k: r[k] for k in ceg_keys} for t in tables for r in t["rows"]],
-        "ceg_tables": [{"study": t["study"], "width": t["width"], "dataset": t.get("dataset"), "baseline": t["baseline"],
-                        "target_loss": t.get("target"), "target_default": t.get("target_default"),
-                        "notes": t["notes"]} for t in tables],
+        "ceg": [{k: r.get(k) for k in ceg_keys} for t in tables for r in t["rows"]],
+        "ceg_tables": [{**where(t), "baseline": t["baseline"], "target_loss": t.get("target"),
+                        "target_default": t.get("target_default"), "method": t.get("method"),
+                        "method_fallback": t.get("method_fallback"), "method_why": t.get("method_why"),
+                        "gain_meaning": gain_header(t) if t["rows"] else None,
+                        "interval": interval_header(t["rows"], interval).split(": ", 1)[1] if t["rows"] else None,
+                        "winners_curse": t.get("winners_curse", []), "notes": t["notes"]} for t in tables],
+        "ceg_per_lr": [{**where(t), **{k: r.get(k) for k in per_lr_keys}} for t in tables for r in t.get("per_lr", [])],
+        "lr_sensitivity": [{**where(t), **r} for t in tables for r in t.get("sensitivity", [])],
+        "scale_dependence": scale,
         "steps_to_acc": acc,
         "vs": vs,
         "plots": plots,
-        "ci": {"level": CI_LEVEL, "method": "percentile bootstrap over seeds", "resamples": N_BOOTSTRAP},
+        "ci": {"level": CI_LEVEL, "resamples": N_BOOTSTRAP if interval == "bootstrap" else None,
+               "method": "t-interval over seeds (df = n-1) on the mean paired log gain" if interval == "t"
+               else "percentile bootstrap over seeds"},
     })
 
 
@@ -1083,11 +1807,18 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (python analyze.py --help lists the options)")
 
 
+def seed_list(text, flag):
+    seeds = [t.strip() for t in text.split(",")]
+    if not all(seeds):
+        raise UserError(f"{flag} takes seeds separated by commas, e.g. {flag} 1,2; got {text!r}")
+    return [int(t) if re.fullmatch(r"-?\d+", t) else t for t in seeds]
+
+
 def parse_args(argv):
     p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="See the module docstring (top of analyze.py) for what is computed and how.")
-    p.add_argument("results_dir", help="results folder, a study folder under it, or one run folder")
+    p.add_argument("results_dir", nargs="?", help="results folder, a study folder under it, or one run folder")
     p.add_argument("--baseline", help="label every variant is compared to (default per study: 'baseline', "
                                       "else 'modern', else the first label alphabetically)")
     p.add_argument("--target", type=float, help="target validation loss for CEG (default: the lowest loss "
@@ -1095,6 +1826,20 @@ def parse_args(argv):
     p.add_argument("--width", type=int, help="CEG at this width (n_embd) only")
     p.add_argument("--metric", choices=("final", "best"), default="final",
                    help="rank runs by their final (default) or best validation loss")
+    p.add_argument("--method", choices=("annealed", "curve"), default="annealed",
+                   help="CEG from annealed points (default; falls back to curve when a table has none) or from "
+                        "where one run's evaluation curve crosses the target (the mid-schedule estimate)")
+    p.add_argument("--interval", choices=INTERVALS, default="t",
+                   help="95%% interval on the gain: t-interval over seeds (default) or percentile bootstrap")
+    p.add_argument("--invert", action="store_true",
+                   help="print each variant over the baseline (default: the baseline over each variant)")
+    p.add_argument("--per_lr", action="store_true", help="the gain at every LR both sides ran at (automatic when "
+                                                         "they share 2 or more LRs)")
+    p.add_argument("--select_seeds", metavar="S1,S2", help="choose each variant's LR on these seeds only")
+    p.add_argument("--measure_seeds", metavar="S3,S4", help="measure the gains on these seeds only (default with "
+                                                            "--select_seeds: every other seed)")
+    p.add_argument("--coverage", action="store_true", help="simulate the coverage of both intervals (2, 3, 5 "
+                                                           "seeds) and print it; needs no results folder")
     p.add_argument("--vs", metavar="KEY", help="validation loss against config key KEY (e.g. n_layer, dropout)")
     p.add_argument("--by", metavar="KEY2", help="with --vs: one line per value of KEY2")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
@@ -1104,31 +1849,58 @@ def parse_args(argv):
     p.add_argument("--detailed", action="store_true", help="per-run table and every LR of every sweep")
     p.add_argument("--verbose", action="store_true", help="list skipped runs, warnings and per-seed CEGs")
     args = p.parse_args(argv)
+    if args.results_dir is None and not args.coverage:
+        raise UserError("the results folder is missing: python analyze.py results/ (or --coverage alone)")
     if args.by and not args.vs:
         raise UserError("--by needs --vs KEY")
     if args.target is not None and not math.isfinite(args.target):
         raise UserError(f"--target must be a finite loss, got {args.target}")
+    args.select_seeds = seed_list(args.select_seeds, "--select_seeds") if args.select_seeds else None
+    args.measure_seeds = seed_list(args.measure_seeds, "--measure_seeds") if args.measure_seeds else None
     return args
 
 
+def check_seeds(records, args):
+    known = {r["seed"] for r in records}
+    for flag, seeds in (("--select_seeds", args.select_seeds), ("--measure_seeds", args.measure_seeds)):
+        missing = [s for s in seeds or [] if s not in known]
+        if missing:
+            raise UserError(f"{flag}: no run has seed {', '.join(map(str, missing))}; seeds: "
+                            f"{', '.join(map(str, sorted(known, key=order)))}")
+
+
 def analyze(args):
+    coverage = None
+    if args.coverage:
+        coverage = coverage_table()
+        print_coverage(coverage, 2000, 1.5, 0.2)
+        if not args.results_dir:
+            if args.json:
+                results.write_json(args.json, clean({"coverage": coverage}))
+            return 0
     records, skipped = load_runs(args.results_dir)
+    check_seeds(records, args)
     lr_table = best_lr_table(records, args.metric)
     trends = lr_trend(lr_table)
-    tables = ceg_tables(records, args.metric, args.baseline, args.target, args.width)
+    tables = ceg_tables(records, args.metric, args.baseline, args.target, args.width, method=args.method,
+                        interval=args.interval, invert=args.invert, select_seeds=args.select_seeds,
+                        measure_seeds=args.measure_seeds, per_lr=args.per_lr)
+    scale = scale_table(tables)
     acc = steps_to_accuracy(records)
     vs = vs_table(records, args.vs, args.by, args.metric) if args.vs else []
 
     print_runs(records, skipped, args.results_dir, args.verbose, args.detailed)
     print_lr(lr_table, trends, args.metric, args.detailed)
-    print_ceg(tables, args.metric, args.verbose)
+    print_ceg(tables, args.metric, args.verbose, args.interval)
+    if scale:
+        print_scale(scale)
     if acc:
         print_acc(acc)
     if args.vs:
         print_vs(vs, args.vs, args.by, args.metric)
 
     try:
-        plots = [] if args.no_plots else make_plots(records, lr_table, trends, tables, vs, args)
+        plots = [] if args.no_plots else make_plots(records, lr_table, trends, tables, vs, scale, args)
     except OSError as e:  # a read-only results folder, say
         raise UserError(f"cannot write plots to {e.filename}: {e.strerror or e}; choose a folder with --plots DIR "
                         f"or use --no-plots")
@@ -1137,7 +1909,9 @@ def analyze(args):
         print(f"plots: {folder[0]}/ ({', '.join(os.path.basename(n) for n in names)})")
     if not plots and not args.no_plots:
         print("plots: none (no LR sweep, CEG table, accuracy curves or --vs to plot)")
-    out = report(records, skipped, lr_table, trends, tables, acc, vs, plots)
+    out = report(records, skipped, lr_table, trends, tables, acc, vs, scale, plots, args.interval)
+    if coverage:
+        out["coverage"] = clean(coverage)
     if args.json:
         try:
             results.write_json(args.json, out)
@@ -1147,7 +1921,8 @@ def analyze(args):
     if args.csv:
         try:
             os.makedirs(args.csv, exist_ok=True)
-            for name in ("run_table", "best_lr", "lr_trend", "ceg", "steps_to_acc", "vs"):
+            for name in ("run_table", "best_lr", "lr_trend", "ceg", "ceg_per_lr", "scale_dependence", "steps_to_acc",
+                         "vs"):
                 if out[name]:
                     write_csv(os.path.join(args.csv, f"{name}.csv"), out[name])
         except OSError as e:

@@ -86,7 +86,7 @@ def check_model(config, vocab_size, data, seed):
         group["lr"] = config["learning_rate"] * group["lr_mult"]  # what train.py's loop does at every step
     seen = record(model)
     for x, y in data:
-        _, loss = model(x, y)
+        _, loss = model(x, y, return_logits=True)  # the logits are recorded
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -7,15 +7,26 @@ one model family over another as a function of compute.
     python fit_scaling.py points.csv                           # columns params,tokens,loss or params,flops,loss
 
 Inputs
-  A results folder: every evaluation row of every completed run is one (N, D, C, loss) point: N is
-  derived.n_params_non_embedding from config.json (--params total: derived.n_params), D the tokens column,
-  C the flops column of metrics.csv (--flops 6nd: 6*N*D), loss the val_loss column. Runs are grouped into
-  families by their config 'label' (--group arch: by 'arch'); --only picks families. --min_tokens,
-  --min_frac (drop the first fraction of each run's tokens: warmup transients) and --final_only (the last
-  row of each run) select points.
+  A results folder: every completed run gives (N, D, C, loss) points of three kinds: its annealed points
+  (anneal.csv: the final loss of a standalone run of each cooldown budget), its final point (the last
+  evaluation: the loss of a run trained for its whole budget) and its other evaluations (mid-schedule, LR
+  still high). N is derived.n_params from config.json (--params total, the default: all parameters, as
+  Chinchilla counted them; --params non_embedding: Kaplan's N), D the tokens column, C the flops column
+  (tokens x derived.flops_per_token, as train.py counts FLOPs; --flops 6nd: 6ND), loss val_loss. Runs
+  are grouped into families by their config 'label' (--group arch: by 'arch'); --only picks families;
+  --min_tokens, --min_frac (drop the first fraction of each run's tokens) and --final_only (the final
+  point of each run) select points.
   A CSV file: columns params and loss, plus tokens or flops (D = C / 6N when only flops is given; C = 6ND
   when only tokens is). Epoch AI's names ("Model Size", "Training Tokens", "Training FLOP", "loss") work,
-  and an optional 'label' column splits the rows into families. Each row counts as its own run.
+  and an optional 'label' column splits the rows into families. Each row is a run's final point (a 'run'
+  column groups rows into runs).
+
+Which points (the Kaplan-style design that Chinchilla corrected used mid-schedule losses)
+  Approach 3 and the isoFLOP view: per run its annealed points and its final point. --all_points: every
+  evaluation too, labelled as such.
+  Frontier: per run its annealed points and final point where it has anneal.csv; a run without one falls
+  back to its every evaluation (mid-schedule losses, above what a run trained for that compute reaches:
+  an upper bound on the frontier), labelled with the number of such runs.
 
 Fits, per family
   Approach 3 (Hoffmann et al. 2022, fitted as in Besiroglu et al. 2024, "Chinchilla Scaling: A
@@ -24,25 +35,38 @@ Fits, per family
   (delta 1e-3) of LSE - log L summed over points, with L-BFGS from a grid of starts (--grid epoch: their
   4500 starts; --grid fast, the default: 108 of them, which reached the same optimum on their data and
   on synthetic laws, 25x faster); the best few are polished with tight tolerances. --drop_highest 5
-  drops the 5 highest losses first, as they did. Bootstrap over points (or runs) for CIs. From
-  it, the compute-optimal allocation under C = 6ND: N_opt = G (C/6)^a, D_opt = (C/6)^b / G with
-  a = beta/(alpha+beta), b = alpha/(alpha+beta), G = (alpha A / (beta B))^(1/(alpha+beta)).
-  Frontier law: the Pareto lower envelope of (C, loss) over all of a family's points (a point is on it
-  when no point with lower or equal compute has a lower loss), fitted as L(C) = E + a C^-b the same way
-  (E free, or fixed for every family with --irreducible), bootstrapped over frontier points (or runs).
+  drops the 5 highest losses first, as they did. It refuses (one line, the frontier is still fitted)
+  unless its points identify the law: 3+ distinct N and 3+ distinct D (a power law plus a constant
+  along an axis takes 3 values), 8+ distinct (N, D) points, and log D not a linear function of log N
+  (a fixed tokens-per-parameter design cannot tell the N term from the D term). A fit whose E or an
+  exponent goes to zero, or whose bootstrap intervals span orders of magnitude, prints "not identified:
+  <why>" instead of its tables. The compute-optimal allocation minimises L(N, D) at each budget C with
+  C(N, D) = flops_per_token(N) x D in the flops column's units (FLOPs per token per parameter taken from
+  the family's runs, interpolated in log N, held at the end widths' values beyond them); under C = 6ND it
+  is N_opt = G (C/6)^a, D_opt = (C/6)^b / G with a = beta/(alpha+beta), b = alpha/(alpha+beta),
+  G = (alpha A / (beta B))^(1/(alpha+beta)) (allocation()).
+  Frontier law: the Pareto lower envelope of (C, loss) over a family's points (a point is on it when no
+  point with lower or equal compute has a lower loss), fitted as L(C) = E + a C^-b the same way (E free,
+  or fixed for every family with --irreducible). A frontier of one size (every frontier point from runs
+  of one N, e.g. an LR sweep) is not a scaling frontier: a warning says so.
+  Intervals: bootstrap over runs (the default: all points of a run together, since consecutive points of
+  one run share its noise), refitting each resample; the frontier is re-selected inside every resample.
+  --bootstrap_over points resamples points instead (too narrow when a run's points are correlated).
   isoFLOP view (approach 2), when some budget has 3+ widths: loss vs log N parabola per budget.
 
-Compute-equivalent gain, --compare A B
+Compute-equivalent gain, --compare A B ("A over B")
   CEG(C) = C_B(L_A(C)) / C: family B needs CEG(C) times the compute C that family A spends to reach the
-  loss L_A(C) that A reaches with C (> 1: A is the more compute-efficient). From the two frontier laws,
-  C_B(L) = (a_B / (L - E_B))^(1/b_B); a loss at or below E_B is unreachable for B. Printed at round
-  budgets over A's measured range (and up to --extrapolate), with a bootstrap band; a row is 'measured'
-  only when C lies in A's frontier data and C_B in B's, every other row is marked extrapolated.
+  loss L_A(C) that A reaches with C; > 1 means A is better (needs less compute). --invert prints B over A
+  (the same pairs of equal-loss computes, read from B's side: exactly 1 / CEG at each loss). From the two
+  frontier laws, C_B(L) = (a_B / (L - E_B))^(1/b_B); a loss at or below E_B is unreachable for B. Printed
+  at round budgets over A's measured range (and up to --extrapolate), with a bootstrap band; a row is
+  'measured' only when C lies in A's frontier data and C_B in B's, every other row is 'extrapolated'.
 
-Output: tables on stdout; --json FILE (per family: approach3 {E, A, B, alpha, beta, ci, allocation},
-frontier {E, a, b, ci}; with one family its E, A, B, alpha, beta, ci also at the top level; compare rows);
-PNG plots (frontier, approach3, residuals, ceg, isoflop) in <input>/plots, or --plots DIR, or --no_plots.
-Bad input exits with status 2 and one line on stderr.
+Output: tables on stdout; --json FILE (per family: approach3 {E, A, B, alpha, beta, ci, allocation,
+identified, not_identified, bootstrap_samples} or {identified: false, refused}, frontier {E, a, b, ci,
+bootstrap_samples, warnings}; with one identified family its E, A, B, alpha, beta, ci also at the top
+level; compare {A, B, rows, convention}); PNG plots (frontier, approach3, residuals, ceg, isoflop) in
+<input>/plots, or --plots DIR, or --no_plots. Bad input exits with status 2 and one line on stderr.
 """
 import os
 
@@ -56,10 +80,11 @@ import csv
 import itertools
 import math
 import sys
+import textwrap
 import time
 
 import numpy as np
-from scipy.optimize import minimize
+from scipy.optimize import minimize, minimize_scalar
 
 import results
 from configurator import UserError
@@ -72,8 +97,22 @@ EPOCH_GRID = dict(alpha=np.arange(0, 2.5, 0.5), beta=np.arange(0, 2.5, 0.5), e=n
 # synthetic sets it reached the same optimum as the full grid (objective equal to 8 digits), 25x faster.
 FAST_GRID = dict(alpha=np.array([0.0, 0.5, 1.0]), beta=np.array([0.0, 0.5, 1.0]), e=np.array([-1.0, 0.0, 1.0]),
                  a=np.array([0.0, 20.0]), b=np.array([0.0, 20.0]))
-MIN_POINTS_APPROACH3 = 8   # 5 parameters: fewer points than this is not a fit
+MIN_POINTS_APPROACH3 = 8   # distinct (N, D) points; 5 parameters
+MIN_VALUES_PER_AXIS = 3    # a power law plus a constant along N (or D) takes 3 distinct values to pin down
 MIN_POINTS_FRONTIER = 4    # 3 parameters (2 with --irreducible, then 3 points suffice)
+# "not identified" thresholds on the bootstrap intervals: an exponent or E whose interval spans more than
+# a factor 10, or a tokens-per-parameter ratio inside the data spanning more than a factor 100
+MAX_SPAN_EXPONENT, MAX_SPAN_E, MAX_SPAN_RATIO = 10.0, 10.0, 100.0
+KINDS = ("anneal", "final", "eval")  # a point's kind: annealed (anneal.csv), a run's final point, mid-schedule
+ANNEALED = ("anneal", "final")  # the losses of a run trained for that budget
+
+
+def params_note(args, short=True):
+    """What N is, said on every table that uses it."""
+    if args.params == "total":
+        why = ", so the law compares with theirs; --params non_embedding for Kaplan's" if not short else ""
+        return f"N = all parameters (--params total, the default: Chinchilla's count{why})"
+    return "N = non-embedding parameters (--params non_embedding: Kaplan's count; the default is total)"
 
 
 # ----------------------------------------------------------------------------- reading points
@@ -88,7 +127,9 @@ CSV_ALIASES = {  # normalised header (lower case, spaces and dashes as underscor
 
 
 def new_points():
-    return {"family": [], "run": [], "N": [], "D": [], "C": [], "L": []}
+    # kind: 'anneal' (anneal.csv), 'final' (a run's last evaluation, or a CSV row), 'eval' (mid-schedule);
+    # lr: the run's learning_rate (nan when unknown)
+    return {"family": [], "run": [], "N": [], "D": [], "C": [], "L": [], "kind": [], "lr": []}
 
 
 def read_csv_points(path, args, skipped):
@@ -140,7 +181,7 @@ def read_csv_points(path, args, skipped):
     return points
 
 
-def add_point(points, skipped, family, run, n, d, c, loss):
+def add_point(points, skipped, family, run, n, d, c, loss, kind="final", lr=math.nan):
     values = (n, d, c, loss)
     # abs(v) < 2**1024: an integer too large for a float (a garbled config.json) counts as non-finite
     if not all(isinstance(v, (int, float)) and abs(v) < 2 ** 1024 and math.isfinite(v) for v in values):
@@ -150,8 +191,26 @@ def add_point(points, skipped, family, run, n, d, c, loss):
         why = "tokens = 0 (initial evaluation)" if d == 0 and n > 0 else "value <= 0"
         skipped[why] = skipped.get(why, 0) + 1
         return
-    for key, v in zip(("family", "run", "N", "D", "C", "L"), (family, run, n, d, c, loss)):
+    for key, v in zip(("family", "run", "N", "D", "C", "L", "kind", "lr"), (family, run, n, d, c, loss, kind, lr)):
         points[key].append(v)
+
+
+def run_rows(run):
+    """(kind, row) for a run's points: anneal.csv rows, the final point (the last evaluation) and the
+    other evaluations, one evaluation per token count (the final row may repeat the last evaluation). An
+    annealed budget equal to the whole run is its final point; an evaluation at an annealed budget's step
+    stays, as the mid-schedule loss there."""
+    by_tokens = {}
+    for row in run["metrics"]:
+        by_tokens[row.get("tokens")] = row
+    evals = [row for tokens, row in by_tokens.items() if isinstance(tokens, (int, float))]
+    last = max(evals, key=lambda r: r["tokens"]) if evals else None
+    out = [("eval", row) for row in evals if row is not last]
+    if last is not None:
+        out.append(("final", last))
+    final_tokens = last["tokens"] if last is not None else None
+    out += [("anneal", row) for row in run["anneal"] if row.get("tokens") != final_tokens]
+    return out
 
 
 def read_run_points(root, args, skipped):
@@ -171,14 +230,14 @@ def read_run_points(root, args, skipped):
         if not isinstance(n, (int, float)) or not n > 0:
             skipped[f"run without derived.{n_key}"] = skipped.get(f"run without derived.{n_key}", 0) + 1
             continue
-        family = str((run["config"] or {}).get(args.group, "") or "unlabelled")
-        by_tokens = {}
-        for row in run["metrics"]:  # the final row may repeat the last evaluation: keep one per token count
-            by_tokens[row.get("tokens")] = row
-        for row in by_tokens.values():
+        config = run["config"] or {}
+        family = str(config.get(args.group, "") or "unlabelled")
+        lr = config.get("learning_rate")
+        lr = float(lr) if isinstance(lr, (int, float)) and abs(lr) < 2 ** 1024 else math.nan
+        for kind, row in run_rows(run):
             d, loss = row.get("tokens"), row.get("val_loss")
             c = 6 * n * d if args.flops == "6nd" and isinstance(d, (int, float)) else row.get("flops")
-            add_point(points, skipped, family, run["name"], n, d, c, loss)
+            add_point(points, skipped, family, run["name"], n, d, c, loss, kind, lr)
     if not points["L"]:
         found = ", ".join(f"{k} {s}" for s, k in sorted(statuses.items())) or "none with usable rows"
         raise UserError(f"no completed runs with usable points under {root} ({len(runs)} run folder(s): "
@@ -188,8 +247,13 @@ def read_run_points(root, args, skipped):
     return points
 
 
+def subset(fam, keep):
+    return {k: v[keep] for k, v in fam.items()}
+
+
 def select_points(points, args, skipped):
-    """Arrays per family after --only, --min_tokens, --min_frac, --final_only and --drop_highest."""
+    """Arrays per family after --only, --min_tokens, --min_frac, --final_only and --drop_highest (which
+    drops the highest losses among the points approach 3 uses)."""
     arrays = {k: np.array(v) for k, v in points.items()}
     families = {}
     names = sorted(set(points["family"]))
@@ -203,25 +267,24 @@ def select_points(points, args, skipped):
         keep = np.ones(len(fam["L"]), bool)
         if args.min_tokens > 0:
             keep &= fam["D"] >= args.min_tokens
-        if args.min_frac > 0 or args.final_only:
+        if args.min_frac > 0:
             for run in np.unique(fam["run"]):
                 in_run = fam["run"] == run
-                last = fam["D"][in_run].max()
-                if args.min_frac > 0:
-                    keep &= ~in_run | (fam["D"] >= args.min_frac * last)
-                if args.final_only:
-                    keep &= ~in_run | (fam["D"] == last)
+                keep &= ~in_run | (fam["D"] >= args.min_frac * fam["D"][in_run].max())
+        if args.final_only:
+            keep &= fam["kind"] == "final"
         dropped = int((~keep).sum())
         if dropped:
             skipped["dropped by --min_tokens/--min_frac/--final_only"] = \
                 skipped.get("dropped by --min_tokens/--min_frac/--final_only", 0) + dropped
-        fam = {k: v[keep] for k, v in fam.items()}
-        if args.drop_highest > 0 and len(fam["L"]) > args.drop_highest:
+        fam = subset(fam, keep)
+        used = approach3_mask(fam, args)
+        if args.drop_highest > 0 and used.sum() > args.drop_highest:
             # as Besiroglu et al.: keep losses strictly below the k-th highest (ties with it go too)
-            threshold = np.sort(fam["L"])[-args.drop_highest]
+            threshold = np.sort(fam["L"][used])[-args.drop_highest]
             keep = fam["L"] < threshold
             skipped["dropped by --drop_highest"] = skipped.get("dropped by --drop_highest", 0) + int((~keep).sum())
-            fam = {k: v[keep] for k, v in fam.items()}
+            fam = subset(fam, keep)
         if len(fam["L"]) == 0:
             raise UserError(f"family '{name}': no points left after the filters; relax --min_tokens, "
                             f"--min_frac or --final_only")
@@ -230,6 +293,42 @@ def select_points(points, args, skipped):
                             f"nothing to fit")
         families[name] = fam
     return families
+
+
+def approach3_mask(fam, args):
+    """Approach 3 and the isoFLOP view: annealed and final points (--all_points: every point)."""
+    return np.ones(len(fam["L"]), bool) if args.all_points else np.isin(fam["kind"], ANNEALED)
+
+
+def frontier_mask(fam, args):
+    """The frontier's candidates: a run's annealed and final points where it has anneal.csv, its every
+    evaluation where it has not (the fallback); --all_points: every point."""
+    if args.all_points:
+        return np.ones(len(fam["L"]), bool)
+    with_anneal = np.unique(fam["run"][fam["kind"] == "anneal"])
+    return np.isin(fam["kind"], ANNEALED) | ~np.isin(fam["run"], with_anneal)
+
+
+def points_label(fam, args, purpose):
+    """One line saying which points a fit used."""
+    runs = np.unique(fam["run"])
+    with_anneal = np.unique(fam["run"][fam["kind"] == "anneal"])
+    n_anneal = int((fam["kind"] == "anneal").sum())
+    if args.all_points:
+        return (f"points: every evaluation (--all_points: mid-schedule losses included, the Kaplan-style "
+                f"design) and {n_anneal} annealed, from {len(runs)} runs")
+    if (fam["kind"] == "eval").any():  # the frontier's fallback
+        why = ("mid-schedule losses lie above what a run trained for that compute reaches, so the frontier "
+               "there is an upper bound")
+        if not len(with_anneal):
+            return f"points: every evaluation of the {len(runs)} runs (fallback: no anneal.csv; {why})"
+        return (f"points: annealed (anneal.csv) and final for {len(with_anneal)} run(s); every evaluation for "
+                f"{len(runs) - len(with_anneal)} run(s) without anneal.csv (fallback: {why})")
+    if getattr(args, "input_kind", "runs") == "csv":
+        return f"points: the CSV's rows, each a run's final loss ({len(runs)} runs)"
+    if n_anneal:
+        return f"points: annealed ({n_anneal} from anneal.csv) and each run's final point ({len(runs)} runs)"
+    return f"points: each run's final point ({len(runs)} runs, none with anneal.csv)"
 
 
 # ----------------------------------------------------------------------------- the log-sum-exp law
@@ -295,21 +394,34 @@ def best_of_starts(starts, log_x, log_l, e_fixed=None, n_polish=5):
     return best_theta, best_loss
 
 
-def bootstrap(theta_hat, log_x, log_l, units, n_boot, rng, e_fixed=None, label=""):
-    """Refit on resamples (with replacement) of the units (points or runs), starting from theta_hat."""
+def bootstrap(theta_hat, log_x, log_l, units, n_boot, rng, e_fixed=None, label="", select=None):
+    """Refit on resamples (with replacement) of the units (runs or points: all points of a unit go
+    together), starting from theta_hat. select(idx) turns a resample's point indices (repeats included)
+    into the indices to fit, or None when the resample cannot be fitted (it is skipped and counted): the
+    frontier re-selects its points there. Returns (samples, number skipped)."""
     unique_units, inverse = np.unique(units, return_inverse=True)
     members = [np.flatnonzero(inverse == u) for u in range(len(unique_units))]
-    samples, started, shown = [], time.time(), time.time()
+    samples, skipped, started, shown = [], 0, time.time(), time.time()
     for i in range(n_boot):
         picked = rng.integers(0, len(members), len(members))
         idx = np.concatenate([members[u] for u in picked])
+        idx = select(idx) if select else idx
+        if idx is None:
+            skipped += 1
+            continue
         theta, _ = minimize_huber(theta_hat, log_x[:, idx], log_l[idx], e_fixed, polish=True)
         if np.all(np.isfinite(theta)):
             samples.append(theta)
+        else:
+            skipped += 1
         if time.time() - shown > 5:  # progress, when it takes a while
             shown = time.time()
             print(f"  bootstrap {label}: {i + 1}/{n_boot} ({shown - started:.0f}s)", file=sys.stderr)
-    return np.array(samples).reshape(-1, len(theta_hat))
+    return np.array(samples).reshape(-1, len(theta_hat)), skipped
+
+
+def bootstrap_units(fam, args):
+    return fam["run"] if args.bootstrap_over == "runs" else np.arange(len(fam["L"]))
 
 
 def interval(values, level):
@@ -347,7 +459,7 @@ def approach3_params(theta):
 
 
 def allocation(p, budgets):
-    """Compute-optimal N and D under C = 6ND for the law p (a dict), at the given budgets."""
+    """Compute-optimal N and D under C = 6ND for the law p (a dict), at the given budgets (closed form)."""
     alpha, beta = p["alpha"], p["beta"]
     if not (alpha > 0 and beta > 0):
         nan = np.full(len(budgets), math.nan)
@@ -358,21 +470,100 @@ def allocation(p, budgets):
     return {"a": a, "b": b, "G": G}, n_opt, np.asarray(budgets) / (6 * n_opt)
 
 
-def check_approach3(name, fam):
-    hint = "; --no_approach3 fits the frontier law only"
-    if len(np.unique(fam["N"])) < 2:
-        raise UserError(f"family '{name}': every point has the same N ({fam['N'][0]:.4g}): approach 3 needs "
-                        f"runs at 2 or more widths{hint}")
-    if len(np.unique(fam["D"])) < 2:
-        raise UserError(f"family '{name}': every point has the same D: approach 3 needs 2 or more token "
-                        f"counts{hint}")
-    if len(fam["L"]) < MIN_POINTS_APPROACH3:
-        raise UserError(f"family '{name}': {len(fam['L'])} points; approach 3 (5 parameters) needs at least "
-                        f"{MIN_POINTS_APPROACH3}{hint}")
+def flops_per_param(fam):
+    """(log N, log r) knots of r = C / (N D), the training FLOPs per token per parameter, one per distinct N
+    (the median over its points): 6 under C = 6ND; from flops_per_token it falls with width (attention and
+    the head weigh more in small models)."""
+    widths = np.unique(fam["N"])
+    ratio = [np.median(fam["C"][fam["N"] == n] / (n * fam["D"][fam["N"] == n])) for n in widths]
+    return np.log(widths), np.log(ratio)
+
+
+def compute_of(knots, N, D):
+    """C(N, D) = r(N) N D with r interpolated in log N between the knots and held beyond them."""
+    return np.exp(np.interp(np.log(N), *knots)) * np.asarray(N, float) * np.asarray(D, float)
+
+
+def optimal_allocation(p, budgets, knots):
+    """N_opt, D_opt minimising L(N, D) subject to C(N, D) = r(N) N D = C, for each budget C (a 1-D
+    minimisation over log N: L falls with N and rises as D = C / (r(N) N) shrinks, so it is unimodal)."""
+    alpha, beta, A, B = p["alpha"], p["beta"], p["A"], p["B"]
+    n_opt = np.full(len(budgets), math.nan)
+    if not (alpha > 0 and beta > 0):
+        return n_opt, n_opt.copy()
+    for i, c in enumerate(budgets):
+        def loss(x):  # x = log N; E left out (a constant)
+            log_d = math.log(c) - x - float(np.interp(x, *knots))
+            return A * math.exp(-alpha * x) + B * math.exp(-beta * log_d)
+        with np.errstate(over="ignore"):
+            res = minimize_scalar(loss, bounds=(0.0, math.log(c)), method="bounded", options={"xatol": 1e-9})
+        n_opt[i] = math.exp(res.x)
+    return n_opt, np.asarray(budgets, float) / compute_of(knots, n_opt, 1.0)
+
+
+def approach3_refusal(N, D, min_points=MIN_POINTS_APPROACH3):
+    """Why these points cannot identify L = E + A/N^alpha + B/D^beta, or None."""
+    pairs = np.unique(np.column_stack([N, D]), axis=0)
+    n_widths, n_budgets = len(np.unique(N)), len(np.unique(D))
+    rule = (f"approach 3 needs {MIN_VALUES_PER_AXIS}+ distinct N and {MIN_VALUES_PER_AXIS}+ distinct D (a power "
+            f"law plus a constant along each takes 3 values) and {min_points}+ distinct (N, D) points")
+    if n_widths < MIN_VALUES_PER_AXIS or n_budgets < MIN_VALUES_PER_AXIS or len(pairs) < min_points:
+        return (f"{n_widths} distinct N, {n_budgets} distinct D, {len(pairs)} distinct (N, D) points: {rule}; "
+                f"add widths or token budgets (cooldowns give budgets cheaply)")
+    log_n, log_d = np.log(pairs[:, 0]), np.log(pairs[:, 1])
+    slope, intercept = np.polyfit(log_n, log_d, 1)
+    if np.abs(log_d - (slope * log_n + intercept)).max() < 1e-3:
+        return (f"log D is a linear function of log N at every point (D = {math.exp(intercept):.3g} "
+                f"N^{slope:.3g}, e.g. a fixed tokens per parameter): the N and D terms cannot be told apart; "
+                f"add runs of the same widths at other token budgets")
+    return None
+
+
+def approach3_design_ok(fam):
+    """select() for the bootstrap: a resample that drops below the identification rule is skipped (a
+    resample holds about 63% of the distinct points, so it needs only more than the 5 parameters)."""
+    def select(idx):
+        return idx if approach3_refusal(fam["N"][idx], fam["D"][idx], min_points=6) is None else None
+    return select
+
+
+def identification_problems(out, losses, level):
+    """Why a fitted approach 3 is not identified (empty list when it is): E or an exponent at zero, an
+    interval of zero width or spanning orders of magnitude, most resamples unfittable."""
+    problems = []
+    if out["E"] < 0.01 * losses.min():
+        problems.append(f"E = {out['E']:.3g} is at zero (the irreducible loss trades off against the power laws)")
+    for k in ("alpha", "beta"):
+        if out[k] < 0.01:
+            problems.append(f"{k} = {out[k]:.3g} is at zero (its term is a constant)")
+    if out["n_bootstrap"] < 2:
+        return problems
+    ci = out["ci"]
+    flat = [k for k in ("E", "A", "B", "alpha", "beta") if math.isfinite(ci[k][0]) and math.isfinite(ci[k][1])
+            and ci[k][1] - ci[k][0] <= 1e-9 * abs(ci[k][1])]
+    if flat:
+        problems.append(f"the {level} of {', '.join(flat)} has zero width (every resample lands on the same value)")
+    for k, limit in (("alpha", MAX_SPAN_EXPONENT), ("beta", MAX_SPAN_EXPONENT), ("E", MAX_SPAN_E)):
+        lo, hi = ci[k]
+        if not (lo > 0 and hi / lo <= limit):
+            problems.append(f"the {level} of {k}, [{lo:.3g}, {hi:.3g}], spans more than a factor {limit:g}")
+    for row in out["allocation"]["budgets"]:
+        lo, hi = row["ci"]["tokens_per_param"]
+        if not row["extrapolated"] and not (lo > 0 and hi / lo <= MAX_SPAN_RATIO):
+            problems.append(f"the {level} of the compute-optimal D/N at C = {row['C']:.2g}, [{lo:.3g}, {hi:.3g}], "
+                            f"spans more than a factor {MAX_SPAN_RATIO:g}")
+            break
+    n_tried = out["n_bootstrap"] + out["bootstrap_skipped"]
+    if out["bootstrap_skipped"] > 0.5 * n_tried:
+        problems.append(f"{out['bootstrap_skipped']} of {n_tried} resamples over {out['bootstrap_over']} have too "
+                        f"few widths or budgets to fit ({out['n_runs']} runs)")
+    return problems
 
 
 def fit_approach3(name, fam, args, rng):
-    check_approach3(name, fam)
+    refusal = approach3_refusal(fam["N"], fam["D"])
+    if refusal:
+        return {"identified": False, "refused": refusal}
     n_widths = len(np.unique(fam["N"]))
     log_x, log_l = np.log(np.vstack([fam["N"], fam["D"]])), np.log(fam["L"])
     started = time.time()
@@ -382,32 +573,45 @@ def fit_approach3(name, fam, args, rng):
     theta, loss = best_of_starts(starts, log_x, log_l)
     fit_seconds = time.time() - started
     started = time.time()
-    units = fam["run"] if args.bootstrap_over == "runs" else np.arange(len(log_l))
-    samples = bootstrap(theta, log_x, log_l, units, args.bootstrap, rng, label=f"approach 3 '{name}'")
+    samples, n_skipped = bootstrap(theta, log_x, log_l, bootstrap_units(fam, args), args.bootstrap, rng,
+                                   label=f"approach 3 '{name}'", select=approach3_design_ok(fam))
     out = approach3_params(theta)
     out["warnings"] = degenerate_warnings(out, ("alpha", "beta"), fam["L"])
     boot = [approach3_params(s) for s in samples]
     out["ci"] = {k: interval([b[k] for b in boot], args.ci) for k in ("E", "A", "B", "alpha", "beta")}
-    out.update(huber_loss=loss, n_points=len(log_l), n_widths=n_widths, n_starts=len(starts),
-               fit_seconds=fit_seconds, bootstrap_seconds=time.time() - started, n_bootstrap=len(samples))
-    # allocation at round budgets: decades over the data's 6ND range, and up to --extrapolate
-    c6 = 6 * fam["N"] * fam["D"]
-    budgets = decade_budgets(c6.min(), max(c6.max(), args.extrapolate or 0), thirds=False)
-    alloc, n_opt, d_opt = allocation(out, budgets)
-    boot_alloc = [allocation(b, budgets) for b in boot]
-    alloc["ci"] = {k: interval([b[0][k] for b in boot_alloc], args.ci) for k in ("a", "b", "G")}
-    alloc["budgets"] = []
-    for i, c in enumerate(budgets):
-        row = {"C": c, "N_opt": n_opt[i], "D_opt": d_opt[i], "tokens_per_param": d_opt[i] / n_opt[i],
-               "extrapolated": bool(c > c6.max() * 1.0001 or c < c6.min() / 1.0001)}
-        row["ci"] = {"N_opt": interval([b[1][i] for b in boot_alloc], args.ci),
-                     "D_opt": interval([b[2][i] for b in boot_alloc], args.ci),
-                     "tokens_per_param": interval([b[2][i] / b[1][i] for b in boot_alloc], args.ci)}
-        alloc["budgets"].append(row)
-    out["allocation"] = alloc
+    out.update(huber_loss=loss, n_points=len(log_l), n_widths=n_widths, n_runs=len(np.unique(fam["run"])),
+               n_starts=len(starts), fit_seconds=fit_seconds, bootstrap_seconds=time.time() - started,
+               n_bootstrap=len(samples), bootstrap_skipped=n_skipped, bootstrap_over=args.bootstrap_over)
+    out["allocation"] = allocation_table(out, boot, fam, args)
+    problems = identification_problems(out, fam["L"], f"{args.ci * 100:g}% interval")
+    out.update(identified=not problems, not_identified="; ".join(problems) or None)
+    out["bootstrap_samples"] = boot
     out["theta"] = theta
     out["residuals"] = log_l - lse_law(theta, log_x)[0]
     return out
+
+
+def allocation_table(p, boot, fam, args):
+    """The compute-optimal allocation at round budgets (decades over the points' compute and up to
+    --extrapolate) in the flops column's units, with bootstrap intervals; a, b, G of the closed form."""
+    knots = flops_per_param(fam)
+    budgets = decade_budgets(fam["C"].min(), max(fam["C"].max(), args.extrapolate or 0), thirds=False)
+    alloc, _, _ = allocation(p, budgets)
+    boot_closed = [allocation(b, budgets)[0] for b in boot]
+    alloc["ci"] = {k: interval([b[k] for b in boot_closed], args.ci) for k in ("a", "b", "G")}
+    n_opt, d_opt = optimal_allocation(p, budgets, knots)
+    boot_opt = [optimal_allocation(b, budgets, knots) for b in boot]
+    ratio = np.exp(knots[1])
+    alloc["flops_per_param"] = {"N": np.exp(knots[0]).tolist(), "ratio": ratio.tolist()}
+    alloc["budgets"] = []
+    for i, c in enumerate(budgets):
+        row = {"C": c, "N_opt": n_opt[i], "D_opt": d_opt[i], "tokens_per_param": d_opt[i] / n_opt[i],
+               "extrapolated": bool(c > fam["C"].max() * 1.0001 or c < fam["C"].min() / 1.0001)}
+        row["ci"] = {"N_opt": interval([b[0][i] for b in boot_opt], args.ci),
+                     "D_opt": interval([b[1][i] for b in boot_opt], args.ci),
+                     "tokens_per_param": interval([b[1][i] / b[0][i] for b in boot_opt], args.ci)}
+        alloc["budgets"].append(row)
+    return alloc
 
 
 # ----------------------------------------------------------------------------- frontier law
@@ -464,21 +668,61 @@ def frontier_of(name, fam, args):
     return idx, e_fixed
 
 
+def reselect_frontier(C, L, need):
+    """select() for the bootstrap: the Pareto frontier of the resampled points, each kept as often as it
+    was drawn (a run drawn twice counts twice); None when it has too few points to fit."""
+    def select(idx):
+        unique, counts = np.unique(idx, return_counts=True)
+        on = pareto_frontier(C[unique], L[unique])
+        if len(on) < need or np.ptp(L[unique[on]]) == 0:
+            return None
+        return np.repeat(unique[on], counts[on])
+    return select
+
+
+def one_size_warning(fam, idx):
+    """A frontier whose points all come from runs of one N is an envelope over other choices (learning
+    rates, seeds), not over sizes: say so."""
+    if "N" not in fam or len(np.unique(fam["N"][idx])) > 1:
+        return None
+    n = fam["N"][idx][0]
+    lrs = np.unique(fam["lr"][(fam["N"] == n) & np.isfinite(fam["lr"])]) if "lr" in fam else []
+    if len(lrs) > 1:
+        return (f"frontier over learning rates of one size (N = {n:.4g}, {len(lrs)} learning rates), not a "
+                f"scaling frontier: its law and CEG(C) say nothing about larger models")
+    return f"frontier of one size (N = {n:.4g}), not a scaling frontier: add runs at other widths"
+
+
 def fit_frontier(name, fam, args, rng):
     idx, e_fixed = frontier_of(name, fam, args)
     C, L = fam["C"][idx], fam["L"][idx]
     log_x, log_l = np.log(C)[None, :], np.log(L)
     theta, loss = best_of_starts(frontier_starts(log_x[0], L, e_fixed), log_x, log_l, e_fixed)
-    units = fam["run"][idx] if args.bootstrap_over == "runs" else np.arange(len(idx))
-    samples = bootstrap(theta, log_x, log_l, units, args.bootstrap, rng, e_fixed, label=f"frontier '{name}'")
+    need = MIN_POINTS_FRONTIER - (e_fixed is not None)
+    samples, n_skipped = bootstrap(theta, np.log(fam["C"])[None, :], np.log(fam["L"]), bootstrap_units(fam, args),
+                                   args.bootstrap, rng, e_fixed, label=f"frontier '{name}'",
+                                   select=reselect_frontier(fam["C"], fam["L"], need))
     out = frontier_params(theta, e_fixed)
     out["warnings"] = degenerate_warnings(out, ("b",), L if e_fixed is None else None)
+    one_size = one_size_warning(fam, idx)
+    if one_size:
+        out["warnings"].insert(0, one_size)
+    out["one_size"] = one_size is not None
     boot = [frontier_params(s, e_fixed) for s in samples]
     out["ci"] = {k: interval([b[k] for b in boot], args.ci) for k in ("E", "a", "b")}
+    lo, hi = out["ci"]["b"]
+    if len(boot) >= 2 and not (lo > 0 and hi / lo <= MAX_SPAN_EXPONENT):
+        out["warnings"].append(f"the {args.ci * 100:g}% interval of b, [{lo:.3g}, {hi:.3g}], spans more than a "
+                               f"factor {MAX_SPAN_EXPONENT:g}: the frontier law is poorly determined (CEG(C)'s "
+                               f"interval carries it)")
     out.update(E_fixed=e_fixed is not None, huber_loss=loss, n_points=len(idx),
                C_range=[float(C.min()), float(C.max())], points=[[float(c), float(l)] for c, l in zip(C, L)],
-               n_bootstrap=len(samples))
+               n_bootstrap=len(samples), bootstrap_skipped=n_skipped, bootstrap_over=args.bootstrap_over)
+    if "kind" in fam:
+        kinds = fam["kind"][idx]
+        out["point_kinds"] = {k: int((kinds == k).sum()) for k in KINDS}
     out["samples"] = boot
+    out["bootstrap_samples"] = boot
     out["residuals"] = log_l - lse_law(theta, log_x, e_fixed)[0]
     return out
 
@@ -509,7 +753,8 @@ def decade_budgets(lo, hi, thirds=True):
 
 
 def ceg(law_a, law_b, C):
-    """CEG(C) = C_B(L_A(C)) / C: how many times C family B needs to reach the loss A reaches with C."""
+    """CEG(C) = C_B(L_A(C)) / C: how many times C family B needs to reach the loss A reaches with C
+    ('A over B': > 1 means A is better)."""
     return compute_to_reach(law_b, frontier_loss(law_a, C)) / np.asarray(C, float)
 
 
@@ -519,6 +764,11 @@ def measured_mask(fa, fb, C):
     c_b = compute_to_reach(fb, frontier_loss(fa, C))
     (lo_a, hi_a), (lo_b, hi_b) = fa["C_range"], fb["C_range"]
     return (C >= lo_a / 1.0001) & (C <= hi_a * 1.0001) & (c_b >= lo_b / 1.0001) & (c_b <= hi_b * 1.0001)
+
+
+def convention(name_a, name_b):
+    return (f"'{name_a}' over '{name_b}': '{name_b}' needs CEG times the compute of '{name_a}' to reach the same "
+            f"loss; > 1 means '{name_a}' is better (needs less compute)")
 
 
 def compare(fits, name_a, name_b, args):
@@ -544,10 +794,12 @@ def compare(fits, name_a, name_b, args):
                      "unreachable_in_bootstrap": float(np.isinf(boot[:, i]).mean()) if n else math.nan,
                      "reachable": bool(math.isfinite(c_b)), "extrapolated": not bool(measured[i])})
     definition = (f"CEG(C) = C_B(L_A(C)) / C with A = '{name_a}', B = '{name_b}': the compute '{name_b}' "
-                  f"needs to reach the loss '{name_a}' reaches with compute C, divided by C "
-                  f"(> 1: '{name_a}' is the more compute-efficient)")
-    return {"A": name_a, "B": name_b, "definition": definition, "rows": rows, "budgets": budgets,
-            "boot": boot}
+                  f"needs to reach the loss '{name_a}' reaches with compute C, divided by C")
+    one_size = [name for name in (name_a, name_b) if fits[name]["frontier"]["one_size"]]
+    warnings = [f"'{name}': {fits[name]['frontier']['warnings'][0]}" for name in one_size]
+    return {"A": name_a, "B": name_b, "definition": definition, "convention": convention(name_a, name_b),
+            "inverted": bool(args.invert), "warnings": warnings, "one_size": one_size, "rows": rows,
+            "budgets": budgets, "boot": boot}
 
 
 # ----------------------------------------------------------------------------- isoFLOP view (approach 2)
@@ -610,43 +862,61 @@ def fmt_ci(ci, inf="inf"):
     return f"[{fmt(ci[0]).replace('inf', inf)}, {fmt(ci[1]).replace('inf', inf)}]"
 
 
+def compute_note(families, args):
+    """What C is, said on every table that uses it: one definition for the frontier, CEG(C), the
+    allocation and --extrapolate."""
+    if args.flops == "6nd":
+        return "C = 6ND FLOPs (--flops 6nd)"
+    six = all(np.allclose(f["C"], 6 * f["N"] * f["D"], rtol=1e-9) for f in families.values())
+    if six:
+        return "C = 6ND FLOPs (the input gives tokens, not FLOPs)"
+    if getattr(args, "input_kind", "runs") == "csv":
+        return "C in FLOPs: the CSV's flops column"
+    return "C in FLOPs: the flops column (tokens x derived.flops_per_token, attention and head included)"
+
+
+def bootstrap_note(args):
+    if args.bootstrap_over == "runs":
+        return (f"{args.bootstrap} bootstrap resamples over runs (all points of a run together; the frontier "
+                f"re-selected in each)")
+    return (f"{args.bootstrap} bootstrap resamples over points (--bootstrap_over points: too narrow when a run's "
+            f"points share its noise)")
+
+
 def print_family(name, fam, fit, args):
     widths = np.unique(fam["N"])
-    print(f"\n== family '{name}': {len(fam['L'])} points from {len(np.unique(fam['run']))} run(s), "
+    kinds = ", ".join(f"{int((fam['kind'] == k).sum())} {k}" for k in KINDS if (fam["kind"] == k).any())
+    print(f"\n== family '{name}': {len(fam['L'])} points ({kinds}) from {len(np.unique(fam['run']))} run(s), "
           f"{len(widths)} width(s) N = {fmt(widths.min())} .. {fmt(widths.max())}, "
           f"C = {fmt(fam['C'].min())} .. {fmt(fam['C'].max())}")
     level = f"{args.ci * 100:g}% CI"
     p = fit.get("approach3")
-    if p:
-        print(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta  (Huber {HUBER_DELTA:g} on log L, L-BFGS from "
-              f"{p['n_starts']} starts: {p['fit_seconds']:.1f}s; {p['n_bootstrap']} bootstrap resamples "
-              f"over {args.bootstrap_over})")
-        print(f"  {'param':<6} {'estimate':>10}  {level}")
-        for k in ("E", "A", "B", "alpha", "beta"):
-            print(f"  {k:<6} {fmt(p[k]):>10}  {fmt_ci(p['ci'][k])}")
-        for w in p["warnings"]:
-            print(f"  warning: {w}")
-        al = p["allocation"]
-        print(f"Compute-optimal allocation (C = 6ND): N_opt = G (C/6)^a, D_opt = (C/6)^b / G;  "
-              f"a = {fmt(al['a'], 3)} {fmt_ci(al['ci']['a'])}, b = {fmt(al['b'], 3)} {fmt_ci(al['ci']['b'])}, "
-              f"G = {fmt(al['G'], 3)}")
-        print(f"  {'C':>8} {'N_opt':>10} {'D_opt':>10} {'D/N':>8}  {'D/N ' + level:<22}")
-        for row in al["budgets"]:
-            note = "  (extrapolated)" if row["extrapolated"] else ""
-            print(f"  {fmt(row['C'], 2):>8} {fmt(row['N_opt'], 3):>10} {fmt(row['D_opt'], 3):>10} "
-                  f"{fmt(row['tokens_per_param'], 3):>8}  {fmt_ci(row['ci']['tokens_per_param']):<22}{note}")
+    if p is not None:
+        print(f"Approach 3: L(N, D) = E + A/N^alpha + B/D^beta; {params_note(args)}, D = tokens")
+        print(f"  {fit['approach3_points']}")
+        if p.get("refused"):
+            print(f"  refused: {p['refused']}")
+        elif not p["identified"]:
+            print(f"  not identified: {p['not_identified']} (estimates and intervals only in --json)")
+        else:
+            print_approach3(p, args, level, compute_note({name: fam}, args))
     f = fit["frontier"]
     e_note = " (E fixed by --irreducible)" if f["E_fixed"] else ""
     print(f"Frontier law: L(C) - E = a C^-b on the {f['n_points']} Pareto-frontier points, "
-          f"C = {fmt(f['C_range'][0])} .. {fmt(f['C_range'][1])}{e_note}")
+          f"C = {fmt(f['C_range'][0])} .. {fmt(f['C_range'][1])}{e_note}; {compute_note({name: fam}, args)}")
+    print(f"  {fit['frontier_points']}")
     for k in ("E", "a", "b"):
         ci = "(fixed)" if k == "E" and f["E_fixed"] else fmt_ci(f["ci"][k])
         print(f"  {k:<6} {fmt(f[k]):>10}  {ci}")
+    if f["bootstrap_skipped"]:
+        print(f"  {f['bootstrap_skipped']} of {args.bootstrap} resamples had too few frontier points to fit "
+              f"and were left out")
     for w in f["warnings"]:
         print(f"  warning: {w}")
     iso = fit.get("isoflop") or []
     if iso:
-        print("isoFLOP view (approach 2): loss vs log N parabola per budget")
+        print(f"isoFLOP view (approach 2): loss vs log N parabola per budget; {params_note(args)}; "
+              f"{compute_note({name: fam}, args)}; {fit['approach3_points']}")
         print(f"  {'C':>8} {'widths':>6} {'N_opt':>10}")
         for prof in iso:
             n_opt = fmt(prof["N_opt"], 3) if prof["interior"] else "no minimum inside the widths"
@@ -657,15 +927,46 @@ def print_family(name, fam, fit, args):
                   f"inside the widths")
 
 
-def print_compare(cmp, args):
-    print(f"\n== compute-equivalent gain, '{cmp['A']}' vs '{cmp['B']}'")
+def print_approach3(p, args, level, units):
+    print(f"  Huber {HUBER_DELTA:g} on log L, L-BFGS from {p['n_starts']} starts: {p['fit_seconds']:.1f}s; "
+          f"{p['n_bootstrap']} bootstrap resamples over {p['bootstrap_over']}"
+          + (f" ({p['bootstrap_skipped']} left out: below the rule)" if p["bootstrap_skipped"] else ""))
+    print(f"  {'param':<6} {'estimate':>10}  {level}")
+    for k in ("E", "A", "B", "alpha", "beta"):
+        print(f"  {k:<6} {fmt(p[k]):>10}  {fmt_ci(p['ci'][k])}")
+    for w in p["warnings"]:
+        print(f"  warning: {w}")
+    al = p["allocation"]
+    fpp = al["flops_per_param"]
+    ratio = fmt(fpp["ratio"][0], 3)
+    if np.ptp(fpp["ratio"]) > 1e-9 * fpp["ratio"][0]:
+        ratio += f" at N = {fmt(fpp['N'][0], 3)} .. {fmt(fpp['ratio'][-1], 3)} at N = {fmt(fpp['N'][-1], 3)}"
+    print(f"Compute-optimal allocation: N_opt, D_opt minimise L(N, D) at C = r(N) N D, r = FLOPs per token per "
+          f"parameter {ratio} (interpolated in log N, held beyond); {params_note(args)}; {units}")
+    print(f"  law's exponents (N_opt ~ C^a where r is constant): a = {fmt(al['a'], 3)} {fmt_ci(al['ci']['a'])}, "
+          f"b = {fmt(al['b'], 3)} {fmt_ci(al['ci']['b'])}")
+    print(f"  {'C':>8} {'N_opt':>10} {'D_opt':>10} {'D/N':>8}  {'D/N ' + level:<22}")
+    for row in al["budgets"]:
+        note = "  (extrapolated)" if row["extrapolated"] else ""
+        print(f"  {fmt(row['C'], 2):>8} {fmt(row['N_opt'], 3):>10} {fmt(row['D_opt'], 3):>10} "
+              f"{fmt(row['tokens_per_param'], 3):>8}  {fmt_ci(row['ci']['tokens_per_param']):<22}{note}")
+
+
+def print_compare(cmp, args, units):
+    a, b = cmp["A"], cmp["B"]
+    print(f"\n== compute-equivalent gain, {cmp['convention']}"
+          + (" (--invert: the pair given to --compare, read from its second family's side)" if cmp["inverted"]
+             else "; --invert prints the inverse"))
     print(cmp["definition"])
+    print(f"  {units}")
+    for w in cmp["warnings"]:
+        print(f"  warning: {w}")
     level = f"{args.ci * 100:g}% CI"
     print(f"  {'C':>8} {'L_A(C)':>8} {'C_B':>10} {'CEG':>8}  {level:<22} note")
     for r in cmp["rows"]:
         if not r["reachable"]:
             ceg_text, cb, ci = "unreachable", "inf", ""
-            note = f"L_A(C) <= E of '{cmp['B']}'"
+            note = f"L_A(C) <= E of '{b}'"
         else:
             ceg_text, cb, ci = fmt(r["ceg"], 3), fmt(r["C_B"], 3), fmt_ci(r["ci"], inf="unreachable")
             note = ""
@@ -677,15 +978,15 @@ def print_compare(cmp, args):
     for r, when in ((measured[-1] if measured else None, "measured"),
                     (extrapolated[-1] if extrapolated else None, "extrapolated")):
         if r:
-            print(f"'{cmp['A']}' vs '{cmp['B']}' ({when}): to reach the loss '{cmp['A']}' reaches with "
-                  f"C = {fmt(r['C'], 2)}, '{cmp['B']}' needs {fmt(r['ceg'], 3)} times the compute "
-                  f"{fmt_ci(r['ci'], inf='unreachable')}")
+            print(f"'{a}' over '{b}' ({when}): to reach the loss '{a}' reaches with C = {fmt(r['C'], 2)}, "
+                  f"'{b}' needs {fmt(r['ceg'], 3)} times the compute {fmt_ci(r['ci'], inf='unreachable')} "
+                  f"(> 1: '{a}' is better)")
     if not measured:
-        print(f"no budget is measured for both families: '{cmp['B']}' never reached the losses '{cmp['A']}' "
-              f"reaches in its runs, so every CEG value above is an extrapolation")
+        print(f"no budget is measured for both families: '{b}' never reached the losses '{a}' reaches in its "
+              f"runs, so every CEG value above is an extrapolation")
 
 
-# ----------------------------------------------------------------------------- JSON and plots
+# ----------------------------------------------------------------------------- JSON
 
 def to_json(value):
     """Plain JSON: numpy to Python, non-finite numbers to null; internal arrays dropped."""
@@ -704,37 +1005,91 @@ def to_json(value):
 
 def json_report(source, families, fits, skipped, comparison, args):
     out = {"input": source, "settings": {k: v for k, v in vars(args).items() if k not in ("input", "json")},
-           "huber_delta": HUBER_DELTA, "skipped": skipped, "families": {}}
+           "huber_delta": HUBER_DELTA, "skipped": skipped, "params": params_note(args),
+           "compute": compute_note(families, args), "families": {}}
     for name, fam in families.items():
         iso = fits[name].get("isoflop") or []
         out["families"][name] = {"n_points": len(fam["L"]), "n_runs": len(np.unique(fam["run"])),
+                                 "point_kinds": {k: int((fam["kind"] == k).sum()) for k in KINDS},
                                  "widths": sorted(float(n) for n in np.unique(fam["N"])),
                                  "C_range": [float(fam["C"].min()), float(fam["C"].max())], **fits[name],
                                  "isoflop": {"N_opt_exponent": isoflop_exponent(iso),
                                              "budgets": [{k: p[k] for k in ("C", "N_opt", "interior")}
                                                          for p in iso]}}
-    with_a3 = [name for name in fits if fits[name].get("approach3")]
-    if len(fits) == 1 and with_a3:  # one family: its approach-3 constants at the top level too
-        p = fits[with_a3[0]]["approach3"]
-        out.update({k: p[k] for k in ("E", "A", "B", "alpha", "beta")}, ci=p["ci"], family=with_a3[0])
+    identified = [name for name in fits if (fits[name].get("approach3") or {}).get("identified")]
+    if len(fits) == 1 and identified:  # one family: its approach-3 constants at the top level too
+        p = fits[identified[0]]["approach3"]
+        out.update({k: p[k] for k in ("E", "A", "B", "alpha", "beta")}, ci=p["ci"], family=identified[0])
     if comparison:
         out["compare"] = comparison
     return to_json(out)
 
 
-def make_plots(families, fits, comparison, plot_dir, args):
+# ----------------------------------------------------------------------------- plots
+
+def short_number(v, digits=3):
+    """Tick labels: 0.002, 1.5, 300, 1e12, 2.5e-5."""
+    if v == 0:
+        return "0"
+    if 1e-3 <= abs(v) < 1e4:
+        return f"{v:.{digits + 1}g}"
+    text = f"{v:.{digits}g}"
+    mantissa, exponent = text.split("e") if "e" in text else (text, "0")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def legible_log_axis(axis):
+    """Few labelled ticks on a log axis, in short plain numbers: matplotlib labels the minor ticks of an
+    axis spanning about a decade or less, and their "2x10^-3 3x10^-3 4x10^-3" labels overlap."""
+    from matplotlib import ticker
+    lo, hi = sorted(axis.get_view_interval())
+    if not (lo > 0 and hi > lo and math.isfinite(hi)):
+        return
+    span = math.log10(hi / lo)
+    if span < 1:  # less than a decade: round numbers, thinned where the log scale crowds them (the top)
+        ticks = []
+        for t in ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi):
+            if lo <= t <= hi and t > 0 and (not ticks or math.log10(t / ticks[-1]) >= 0.12 * span):
+                ticks.append(t)
+        major = ticker.FixedLocator(ticks)
+    elif span <= 2.5:
+        major = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    else:  # decades, thinned to at most 8 labels
+        major = ticker.LogLocator(base=10, subs=(1.0,), numticks=8)
+    axis.set_major_locator(major)
+    locs = [t for t in major.tick_values(lo, hi) if lo <= t <= hi]
+    digits = next((d for d in range(3, 9) if len({short_number(t, d) for t in locs}) == len(locs)), 9)
+    axis.set_major_formatter(ticker.FuncFormatter(lambda v, pos: short_number(v, digits)))
+    axis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10), numticks=100))
+    axis.set_minor_formatter(ticker.NullFormatter())
+
+
+def legible(ax):
+    """Apply legible_log_axis to every log axis of ax (a plot's axes or a colorbar's)."""
+    if ax.get_xscale() == "log":
+        legible_log_axis(ax.xaxis)
+    if ax.get_yscale() == "log":
+        legible_log_axis(ax.yaxis)
+
+
+def make_plots(families, used, fits, comparison, plot_dir, args):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     os.makedirs(plot_dir, exist_ok=True)
     written = []
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(families)}
+    units = "FLOPs, 6ND" if args.flops == "6nd" else "FLOPs"
+    which = "every evaluation" if args.all_points else "annealed and final"
 
-    # loss vs compute per family: all points, the frontier, the fitted frontier law (dashed beyond data)
+    # loss vs compute per family: mid-schedule points faint, annealed/final points hollow, the frontier
+    # outlined, the fitted frontier law (dashed beyond data)
     fig, ax = plt.subplots(figsize=(8, 5.5))
     for name, fam in families.items():
         f, col = fits[name]["frontier"], colors[name]
-        ax.scatter(fam["C"], fam["L"], s=6, color=col, alpha=0.25, lw=0)
+        mid = fam["kind"] == "eval"
+        ax.scatter(fam["C"][mid], fam["L"][mid], s=5, color=col, alpha=0.2, lw=0)
+        ax.scatter(fam["C"][~mid], fam["L"][~mid], s=16, facecolor="none", edgecolor=col, lw=0.8)
         pts = np.array(f["points"])
         ax.scatter(pts[:, 0], pts[:, 1], s=18, color=col, edgecolor="k", lw=0.4, zorder=3)
         lo, hi = f["C_range"]
@@ -745,20 +1100,21 @@ def make_plots(families, fits, comparison, plot_dir, args):
             ext = np.logspace(math.log10(hi), math.log10(args.extrapolate), 100)
             ax.plot(ext, frontier_loss(f, ext), color=col, lw=1.5, ls="--")
         ax.axhline(f["E"], color=col, lw=0.8, ls=":")
-    ax.set(xscale="log", yscale="log", xlabel="training compute C (FLOPs)", ylabel="loss",
-           title="Loss vs compute: points, Pareto frontier (outlined), frontier law (dashed: extrapolated,"
-                 " dotted: E)")
+    ax.set(xscale="log", yscale="log", xlabel=f"training compute C ({units})", ylabel="loss",
+           title="Loss vs compute: mid-schedule evaluations (faint), annealed and final points (hollow),\n"
+                 "Pareto frontier (filled), frontier law (dashed: extrapolated, dotted: E)")
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
+    legible(ax)
     written.append(save(fig, plot_dir, "frontier.png"))
 
     # approach 3: loss vs tokens, coloured by N, with the law's curve for up to 8 representative widths
-    a3 = [name for name in families if fits[name].get("approach3")]
+    a3 = [name for name in families if (fits[name].get("approach3") or {}).get("identified")]
     if a3:
         fig, axes = plt.subplots(1, len(a3), figsize=(6.5 * len(a3), 5), squeeze=False)
         for ax, name in zip(axes[0], a3):
-            fam, p = families[name], fits[name]["approach3"]
+            fam, p = used[name]["approach3"], fits[name]["approach3"]
             lognorm = matplotlib.colors.LogNorm(fam["N"].min(), fam["N"].max())
             sc = ax.scatter(fam["D"], fam["L"], c=fam["N"], norm=lognorm, cmap="viridis", s=10)
             widths = np.unique(fam["N"])
@@ -767,76 +1123,49 @@ def make_plots(families, fits, comparison, plot_dir, args):
             for n in show:  # the law at this width over the family's whole token range
                 model = np.exp(lse_law(p["theta"], np.log(np.vstack([np.full_like(grid, n), grid])))[0])
                 ax.plot(grid, model, color=plt.cm.viridis(lognorm(n)), lw=1.2)
-            fig.colorbar(sc, ax=ax, label="N (parameters)")
+            cbar = fig.colorbar(sc, ax=ax, label=f"N ({args.params} parameters)")
             ax.set(xscale="log", yscale="log", xlabel="tokens D",
                    ylabel=f"loss (lines: the law at {len(show)} of the {len(widths)} widths)",
-                   title=f"{name}: approach 3, E={fmt(p['E'], 3)} A={fmt(p['A'], 3)} B={fmt(p['B'], 3)} "
-                         f"alpha={fmt(p['alpha'], 3)} beta={fmt(p['beta'], 3)}")
+                   title=f"{name}: approach 3 on {which} points\nE={fmt(p['E'], 3)} A={fmt(p['A'], 3)} "
+                         f"B={fmt(p['B'], 3)} alpha={fmt(p['alpha'], 3)} beta={fmt(p['beta'], 3)}")
             ax.title.set_fontsize(9)
             ax.grid(True, which="both", alpha=0.3)
+            legible(ax)
+            legible(cbar.ax)
         written.append(save(fig, plot_dir, "approach3.png"))
 
     # residuals (observed - fitted log loss) vs compute: approach 3 (coloured by N) and frontier law
     fig, axes = plt.subplots(len(families), 2, figsize=(12, 3.6 * len(families)), squeeze=False)
     for row, name in zip(axes, families):
-        fam, fit = families[name], fits[name]
-        if fit.get("approach3"):
+        fit = fits[name]
+        if name in a3:
+            fam = used[name]["approach3"]
             sc = row[0].scatter(fam["C"], fit["approach3"]["residuals"], c=fam["N"], cmap="viridis", s=8,
                                 norm=matplotlib.colors.LogNorm(fam["N"].min(), fam["N"].max()))
-            fig.colorbar(sc, ax=row[0], label="N")
+            legible(fig.colorbar(sc, ax=row[0], label="N").ax)
         else:
-            row[0].text(0.5, 0.5, "approach 3 not fitted", ha="center", transform=row[0].transAxes)
+            row[0].text(0.5, 0.5, "approach 3 not fitted or not identified", ha="center",
+                        transform=row[0].transAxes)
         pts = np.array(fit["frontier"]["points"])
         row[1].scatter(pts[:, 0], fit["frontier"]["residuals"], color=colors[name], s=14)
         for ax, what in zip(row, ("approach 3", "frontier law")):
             ax.axhline(0, color="k", lw=0.8)
-            ax.set(xscale="log", xlabel="compute C (FLOPs)", ylabel="log L observed - fitted",
+            ax.set(xscale="log", xlabel=f"compute C ({units})", ylabel="log L observed - fitted",
                    title=f"{name}: {what} residuals")
             ax.grid(True, alpha=0.3)
+            legible(ax)
     written.append(save(fig, plot_dir, "residuals.png"))
 
     if comparison:
-        cmp, fa = comparison, fits[comparison["A"]]["frontier"]
-        lo, hi = fa["C_range"]
-        top = max(hi, args.extrapolate or 0)
-        grid = np.logspace(math.log10(lo), math.log10(top), 200)
-        fb = fits[cmp["B"]]["frontier"]
-        n = min(len(fa["samples"]), len(fb["samples"]))
-        boot = np.array([ceg(fa["samples"][i], fb["samples"][i], grid) for i in range(n)]).reshape(n, len(grid))
-        band = np.array([interval(boot[:, j], args.ci) for j in range(len(grid))]) if n else None
-        central = ceg(fa, fb, grid)
-        measured = measured_mask(fa, fb, grid)
-        # y range: what the measured part needs, with room for extrapolation; beyond it, curves leave the axes
-        finite = central[np.isfinite(central)]
-        shown = central[measured] if measured.any() else finite[:1]
-        top = min(finite.max() * 2, max(shown.max(), 1) * 1e3) if len(finite) else 10
-        bottom = min(1, finite.min() if len(finite) else 1) / 2
-        fig, ax = plt.subplots(figsize=(8, 5))
-        if band is not None:  # an infinite upper bound (unreachable in some resamples) fills to the top
-            ax.fill_between(grid, band[:, 0], np.where(np.isfinite(band[:, 1]), band[:, 1], top * 10),
-                            color="C0", alpha=0.25, lw=0, label=f"{args.ci * 100:g}% bootstrap band")
-        ax.plot(np.where(measured, grid, np.nan), central, color="C0", lw=2,
-                label="CEG(C), measured (both families' data)")
-        if (~measured).any():
-            ax.plot(np.where(~measured, grid, np.nan), central, color="C0", lw=2, ls="--", label="extrapolated")
-        if not np.all(np.isfinite(central)):
-            ax.axvspan(grid[~np.isfinite(central)].min(), grid.max(), color="0.85", zorder=0,
-                       label=f"unreachable for '{cmp['B']}' (L_A < E_B)")
-        ax.axhline(1, color="k", lw=0.8)
-        ax.set_ylim(bottom, top)
-        ax.set(xscale="log", yscale="log", xlabel=f"compute C of '{cmp['A']}' (FLOPs)",
-               ylabel=f"CEG = C_{cmp['B']}(L_{cmp['A']}(C)) / C",
-               title=f"'{cmp['B']}' needs CEG(C) x the compute of '{cmp['A']}' to match its loss")
-        ax.legend(fontsize=8)
-        ax.grid(True, which="both", alpha=0.3)
-        written.append(save(fig, plot_dir, "ceg.png"))
+        written.append(plot_ceg(comparison, fits, plot_dir, args, units, plt))
 
     iso = [(name, fits[name]["isoflop"]) for name in families if fits[name].get("isoflop")]
     if iso:
         fig, axes = plt.subplots(1, len(iso), figsize=(6.5 * len(iso), 5), squeeze=False)
         for ax, (name, profiles) in zip(axes[0], iso):
             budgets = [prof["C"] for prof in profiles]
-            norm = matplotlib.colors.LogNorm(min(budgets), max(budgets) * 1.0001)
+            spread = 1.0001 if len(budgets) > 1 else 2.0  # one budget: a colour scale around it
+            norm = matplotlib.colors.LogNorm(min(budgets) / spread, max(budgets) * spread)
             cmap = matplotlib.colors.ListedColormap(plt.cm.plasma(np.linspace(0, 0.85, 256)))  # no pale yellow
             for prof in profiles:
                 col = cmap(norm(prof["C"]))
@@ -847,13 +1176,57 @@ def make_plots(families, fits, comparison, plot_dir, args):
                     ax.plot(prof["N_opt"], np.polyval(prof["coef"], math.log(prof["N_opt"])), "k*", ms=8)
                 else:  # no minimum inside the widths: the parabola says little
                     ax.plot(np.exp(x), np.polyval(prof["coef"], x), color=col, lw=0.6, ls="--", alpha=0.5)
-            fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="budget C (FLOPs)")
-            ax.set(xscale="log", xlabel="N (parameters)", ylabel="loss",
-                   title=f"{name}: isoFLOP profiles (star: parabola minimum; dashed: none inside the widths)")
+            cbar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"budget C ({units})")
+            ax.set(xscale="log", xlabel=f"N ({args.params} parameters)", ylabel="loss",
+                   title=f"{name}: isoFLOP profiles of {which} points\n(star: parabola minimum; dashed: none "
+                         f"inside the widths)")
             ax.title.set_fontsize(9)
             ax.grid(True, which="both", alpha=0.3)
+            legible(ax)
+            legible(cbar.ax)
         written.append(save(fig, plot_dir, "isoflop.png"))
     return written
+
+
+def plot_ceg(cmp, fits, plot_dir, args, units, plt):
+    fa, fb = fits[cmp["A"]]["frontier"], fits[cmp["B"]]["frontier"]
+    lo, hi = fa["C_range"]
+    top = max(hi, args.extrapolate or 0)
+    grid = np.logspace(math.log10(lo), math.log10(top), 200)
+    n = min(len(fa["samples"]), len(fb["samples"]))
+    boot = np.array([ceg(fa["samples"][i], fb["samples"][i], grid) for i in range(n)]).reshape(n, len(grid))
+    band = np.array([interval(boot[:, j], args.ci) for j in range(len(grid))]) if n else None
+    central = ceg(fa, fb, grid)
+    measured = measured_mask(fa, fb, grid)
+    # y range: what the measured part needs, with room for extrapolation; beyond it, curves leave the axes
+    finite = central[np.isfinite(central)]
+    shown = central[measured] if measured.any() else finite[:1]
+    top = min(finite.max() * 2, max(shown.max(), 1) * 1e3) if len(finite) else 10
+    bottom = min(1, finite.min() if len(finite) else 1) / 2
+    fig, ax = plt.subplots(figsize=(8, 5))
+    if band is not None:  # an infinite upper bound (unreachable in some resamples) fills to the top
+        ax.fill_between(grid, band[:, 0], np.where(np.isfinite(band[:, 1]), band[:, 1], top * 10),
+                        color="C0", alpha=0.25, lw=0, label=f"{args.ci * 100:g}% bootstrap band (over "
+                                                             f"{args.bootstrap_over})")
+    ax.plot(np.where(measured, grid, np.nan), central, color="C0", lw=2,
+            label="CEG(C), measured (both families' data)")
+    if (~measured).any():
+        ax.plot(np.where(~measured, grid, np.nan), central, color="C0", lw=2, ls="--", label="extrapolated")
+    if not np.all(np.isfinite(central)):
+        ax.axvspan(grid[~np.isfinite(central)].min(), grid.max(), color="0.85", zorder=0,
+                   label=f"unreachable for '{cmp['B']}' (L_A < E_B)")
+    ax.axhline(1, color="k", lw=0.8)
+    ax.set_ylim(bottom, top)
+    ax.set(xscale="log", yscale="log", xlabel=f"compute C of '{cmp['A']}' ({units})",
+           ylabel=f"CEG = C_{cmp['B']}(L_{cmp['A']}(C)) / C",
+           title="\n".join(textwrap.wrap(cmp["convention"], 100) + (
+               [f"warning: the frontier of {' and '.join(repr(n) for n in cmp['one_size'])} spans one size, "
+                f"not a scaling frontier"] if cmp["one_size"] else [])))
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    legible(ax)
+    return save(fig, plot_dir, "ceg.png")
 
 
 def save(fig, plot_dir, name):
@@ -876,16 +1249,19 @@ def parse_args(argv):
     p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="a results folder (run folders under it) or a CSV file")
-    p.add_argument("--params", choices=["non_embedding", "total"], default="non_embedding",
-                   help="N: derived.n_params_non_embedding (default) or derived.n_params")
+    p.add_argument("--params", choices=["total", "non_embedding"], default="total",
+                   help="N: derived.n_params (default: Chinchilla's count) or derived.n_params_non_embedding "
+                        "(Kaplan's)")
     p.add_argument("--flops", choices=["column", "6nd"], default="column",
-                   help="C: the flops column / CSV column (default) or 6*N*D")
+                   help="C: the flops column / CSV column (default) or 6*N*D, for every fit and table")
     p.add_argument("--group", choices=["label", "arch"], default="label", help="config key naming a family")
     p.add_argument("--only", nargs="+", metavar="FAMILY", help="fit only these families")
+    p.add_argument("--all_points", action="store_true", help="fit every evaluation (mid-schedule losses "
+                   "included), not only annealed and final points")
     p.add_argument("--min_tokens", type=float, default=0, help="drop points with fewer tokens")
     p.add_argument("--min_frac", type=float, default=0, help="drop each run's points before this fraction "
                    "of its final tokens (warmup transients)")
-    p.add_argument("--final_only", action="store_true", help="only the last point of each run")
+    p.add_argument("--final_only", action="store_true", help="only the final point of each run")
     p.add_argument("--drop_highest", type=int, default=0, metavar="K", help="drop the K highest losses of "
                    "each family (Besiroglu et al. drop 5 outliers from the extracted Chinchilla data)")
     p.add_argument("--grid", choices=["fast", "epoch"], default="fast", help="approach-3 starting grid: a "
@@ -893,11 +1269,15 @@ def parse_args(argv):
     p.add_argument("--no_approach3", action="store_true", help="fit only the frontier laws")
     p.add_argument("--irreducible", type=float, help="fix E of every frontier law to this loss")
     p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for CIs (default 200)")
-    p.add_argument("--bootstrap_over", choices=["points", "runs"], default="points")
+    p.add_argument("--bootstrap_over", choices=["runs", "points"], default="runs",
+                   help="resample runs (default: a run's points share its noise) or points")
     p.add_argument("--ci", type=float, default=0.95, help="confidence level (default 0.95)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="CEG(C) = C_B(L_A(C)) / C between families")
-    p.add_argument("--extrapolate", type=float, help="extend the CEG and allocation tables to this compute")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="CEG(C) = C_B(L_A(C)) / C, 'A over B' "
+                   "(> 1: A is better)")
+    p.add_argument("--invert", action="store_true", help="with --compare A B: print 'B over A'")
+    p.add_argument("--extrapolate", type=float, help="extend the CEG and allocation tables to this compute "
+                   "(in the units of C)")
     p.add_argument("--json", metavar="FILE", help="write the fits as JSON")
     p.add_argument("--plots", metavar="DIR", help="where PNGs go (default <input>/plots)")
     p.add_argument("--no_plots", action="store_true")
@@ -908,18 +1288,23 @@ def parse_args(argv):
         raise UserError("--bootstrap and --drop_highest must be 0 or more")
     if not 0 <= args.min_frac < 1:
         raise UserError(f"--min_frac {args.min_frac:g}: give a fraction in [0, 1)")
+    if args.all_points and args.final_only:
+        raise UserError("--all_points and --final_only contradict each other; give one")
     for key in ("extrapolate", "irreducible"):
         value = getattr(args, key)
         if value is not None and not (math.isfinite(value) and value > 0):
             raise UserError(f"--{key} {value:g}: give a positive number")
     if args.compare and args.compare[0] == args.compare[1]:
         raise UserError("--compare needs two different families")
+    if args.invert and not args.compare:
+        raise UserError("--invert flips --compare A B; give --compare too")
     return args
 
 
 def run(argv):
     args = parse_args(argv)
     skipped = {}
+    args.input_kind = "runs" if os.path.isdir(args.input) else "csv"
     if os.path.isdir(args.input):
         points = read_run_points(args.input, args, skipped)
         default_plots = os.path.join(args.input, "plots")
@@ -942,32 +1327,34 @@ def run(argv):
     print(f"fit_scaling: {args.input}: {n_points} points in {len(families)} {plural} ({', '.join(families)})")
     if skipped:
         print("skipped: " + "; ".join(f"{v} {k}" for k, v in skipped.items()))
-    print(f"N = {'all' if args.params == 'total' else 'non-embedding'} parameters, D = tokens, "
-          f"C = {'6ND' if args.flops == '6nd' else 'FLOPs as recorded'}; {args.ci * 100:g}% CIs from "
-          f"{args.bootstrap} bootstrap resamples over {args.bootstrap_over}, seed {args.seed}")
+    print(f"{params_note(args, short=False)}; D = tokens; {compute_note(families, args)}")
+    print(f"{args.ci * 100:g}% CIs from {bootstrap_note(args)}, seed {args.seed}")
 
-    for name, fam in families.items():  # every family fittable before any fitting starts
-        if not args.no_approach3:
-            check_approach3(name, fam)
-        frontier_of(name, fam, args)
+    used = {name: {"approach3": subset(fam, approach3_mask(fam, args)),
+                   "frontier": subset(fam, frontier_mask(fam, args))} for name, fam in families.items()}
+    for name in families:  # every frontier fittable before any fitting starts
+        frontier_of(name, used[name]["frontier"], args)
 
     rng = np.random.default_rng(args.seed)
     fits = {}
     for name, fam in families.items():
-        fits[name] = {}
+        fits[name] = {"approach3_points": points_label(used[name]["approach3"], args, "approach3"),
+                      "frontier_points": points_label(used[name]["frontier"], args, "frontier")}
         if not args.no_approach3:
-            fits[name]["approach3"] = fit_approach3(name, fam, args, rng)
-        fits[name]["frontier"] = fit_frontier(name, fam, args, rng)
-        fits[name]["isoflop"] = isoflop_profiles(fam)
+            fits[name]["approach3"] = fit_approach3(name, used[name]["approach3"], args, rng)
+        fits[name]["frontier"] = fit_frontier(name, used[name]["frontier"], args, rng)
+        fits[name]["isoflop"] = isoflop_profiles(used[name]["approach3"])
         print_family(name, fam, fits[name], args)
-    comparison = compare(fits, *args.compare, args) if args.compare else None
-    if comparison:
-        print_compare(comparison, args)
+    comparison = None
+    if args.compare:
+        name_a, name_b = args.compare[::-1] if args.invert else args.compare
+        comparison = compare(fits, name_a, name_b, args)
+        print_compare(comparison, args, compute_note(families, args))
     if args.json:
         results.write_json(args.json, json_report(args.input, families, fits, skipped, comparison, args))
         print(f"\nwrote {args.json}")
     if not args.no_plots:
-        for path in make_plots(families, fits, comparison, args.plots or default_plots, args):
+        for path in make_plots(families, used, fits, comparison, args.plots or default_plots, args):
             print(f"wrote {path}")
     return fits
 

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from torch.nn import functional as F
+
+from model import head_and_loss
 
 LSTM_INITS = ("xavier", "uniform", "pytorch")
 
@@ -38,6 +39,7 @@ class LSTMConfig:
     lstm_forget_bias: float = 1.0
     lstm_init: str = "xavier"
     lstm_init_range: float = 0.1     # for lstm_init='uniform': U(-r, r)
+    fused_loss: bool = True          # head + cross-entropy by model.linear_cross_entropy (False: full logits)
 
     @property
     def hidden(self):
@@ -80,16 +82,12 @@ class LSTMLM(nn.Module):
                 if name.startswith("bias_"):
                     p[h:2 * h] = cfg.lstm_forget_bias if name.startswith("bias_ih") else 0.0
 
-    def forward(self, idx, targets=None, state=None):
+    def forward(self, idx, targets=None, state=None, return_logits=False):
         x = self.drop(self.wte(idx))
         y, _ = self.lstm(x, state)
         y = self.drop(y)
-        logits = F.linear(y, self.wte.weight) if self.lm_head is None else self.lm_head(y)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-1)
-        return logits, loss
+        head = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        return head_and_loss(y, head, None, targets, fused=self.config.fused_loss and not return_logits)
 
     def embedding_params(self):
         return [self.wte.weight]

@@ -27,6 +27,119 @@ NORM_POSITIONS = ("pre", "post")
 INITS = ("transformer", "xavier_normal", "kaiming_normal", "pytorch")
 
 
+# ------------------------------------------------------------------------------------------- head + loss
+# Logits per chunk of the fused head + cross-entropy (rows = these // vocabulary): a block of rows per matmul, and
+# per softmax pass a part of it small enough to stay in cache (README "Performance", GPT-2 vocabulary: measured
+# on CPU; the CUDA values are a starting point, not measured).
+FUSED_LOGITS_PER_BLOCK = {"cpu": 256 * 50257, "cuda": 4096 * 50257}
+FUSED_LOGITS_PER_PASS = {"cpu": 32 * 50257, "cuda": 4096 * 50257}
+
+
+def head_and_loss(x, weight, bias, targets, fused=True):
+    """(logits, loss) of the output head x @ weight.T (+ bias) and the mean cross-entropy over the targets that
+    are not -1 (task rows' unsupervised positions), as F.cross_entropy(ignore_index=-1) of fp32 logits.
+    With targets and fused: the loss by linear_cross_entropy, which never forms the logits (they are None);
+    otherwise the logits in full, and the loss from them."""
+    if targets is not None and fused:
+        return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), weight, bias, targets.reshape(-1))
+    logits = F.linear(x, weight, bias)
+    loss = None if targets is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
+                                                        targets.reshape(-1), ignore_index=-1)
+    return logits, loss
+
+
+@torch.compiler.disable  # eager even in a compiled model: a loop of chunks that reuses its buffers
+def linear_cross_entropy(x, weight, bias, targets):
+    """Mean cross-entropy of x @ weight.T + bias against targets (-1: ignored), with x (rows, d), computed a
+    chunk of rows at a time (chunked_cross_entropy); matmuls in the autocast dtype, if any."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    block_rows = max(1, FUSED_LOGITS_PER_BLOCK.get(device, FUSED_LOGITS_PER_BLOCK["cuda"]) // weight.shape[0])
+    pass_rows = max(1, FUSED_LOGITS_PER_PASS.get(device, FUSED_LOGITS_PER_PASS["cuda"]) // weight.shape[0])
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return LinearCrossEntropy.apply(x, weight, bias, targets, dtype, block_rows, pass_rows)
+    with torch.autocast(device, enabled=False):
+        return chunked_cross_entropy(x, weight, bias, targets, dtype, block_rows, pass_rows, False)[0]
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """linear_cross_entropy with autograd: the forward pass computes the gradients too (the softmax of a chunk is
+    at hand only then), so the backward pass just scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, targets, dtype, block_rows, pass_rows):
+        with torch.autocast(x.device.type, enabled=False):
+            loss, grads = chunked_cross_entropy(x, weight, bias, targets, dtype, block_rows, pass_rows, True)
+        ctx.save_for_backward(*grads)
+        return loss
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss):
+        return tuple(None if g is None else g * grad_loss for g in ctx.saved_tensors) + (None,) * 4
+
+
+def chunked_cross_entropy(x, weight, bias, targets, dtype, block_rows, pass_rows, with_grads):
+    """(mean loss, (grad_x, grad_weight, grad_bias) or None). Per block of block_rows rows: the logits in one
+    matmul, in dtype, and the target logits; then per part of pass_rows rows (small enough to stay in cache): an
+    fp32 copy (unless dtype is fp32), the row max, softmax in place (one exp per logit), the max probability
+    (= 1 / sum of exps) and the gradient of the logits, softmax - one-hot, written back in dtype; then grad_x and
+    grad_weight of the block in two matmuls, each row weighted by its share of the mean (0 if ignored).
+    loss = row max - log(max probability) - target logit: the log-sum-exp form, exact even where the target's
+    probability underflows. Few, large ops (each costs a parallel region) and buffers allocated once per call."""
+    n, vocab = x.shape[0], weight.shape[0]
+    block_rows, pass_rows = min(block_rows, n), min(pass_rows, block_rows, n)
+    x_all, w = x.to(dtype), weight.to(dtype)
+    b = None if bias is None else bias.to(dtype)
+    valid = targets != -1
+    n_valid = valid.sum()
+    row_weight = valid / n_valid.clamp(min=1)  # each row's share of the mean; 0 if ignored (as F.cross_entropy)
+    minus_one_hot = -valid.float()  # ignored rows: target 0, nothing subtracted, weighted 0
+    targets = targets.clamp(min=0)
+    row_max, max_prob, target_logit = (torch.empty(n, device=x.device) for _ in range(3))
+    logits_buf = torch.empty(block_rows, vocab, dtype=dtype, device=x.device)
+    probs_buf = None if dtype == torch.float32 else torch.empty(pass_rows, vocab, device=x.device)
+    rows = torch.arange(block_rows, device=x.device)
+    if with_grads:
+        grad_x = torch.empty_like(x)
+        grad_w = torch.zeros(weight.shape, device=x.device)
+        grad_b = None if bias is None else torch.zeros(vocab, device=x.device)
+    for start in range(0, n, block_rows):
+        end = min(start + block_rows, n)
+        xs, logits = x_all[start:end], logits_buf[:end - start]
+        if b is None:
+            torch.mm(xs, w.t(), out=logits)
+        else:
+            torch.addmm(b, xs, w.t(), out=logits)
+        target_logit[start:end] = logits[rows[:end - start], targets[start:end]]
+        for p0 in range(start, end, pass_rows):
+            p1 = min(p0 + pass_rows, end)
+            part = logits[p0 - start:p1 - start]
+            probs = part if probs_buf is None else probs_buf[:p1 - p0].copy_(part)
+            torch.amax(probs, 1, out=row_max[p0:p1])
+            torch._softmax(probs, 1, False, out=probs)
+            torch.amax(probs, 1, out=max_prob[p0:p1])
+            if with_grads:
+                probs.index_put_((rows[:p1 - p0], targets[p0:p1]), minus_one_hot[p0:p1], accumulate=True)
+                if probs is not part:
+                    part.copy_(probs)
+        if with_grads:
+            weights = row_weight[start:end, None]
+            grad_x[start:end] = torch.mm(logits, w).mul_(weights)
+            xs_weighted = (xs * weights).to(dtype)
+            if dtype == torch.float32:
+                torch.addmm(grad_w, logits.t(), xs_weighted, out=grad_w)  # (FlopCounterMode sees addmm, not addmm_)
+            else:  # the bf16/fp16 matmul, accumulated in fp32
+                grad_w += torch.mm(logits.t(), xs_weighted)
+            if grad_b is not None:
+                grad_b += torch.mv(logits.t(), weights[:, 0].to(dtype))
+    losses = row_max.sub_(max_prob.log_()).sub_(target_logit)
+    loss = torch.where(valid, losses, 0.0).sum() / n_valid
+    if not with_grads:
+        return loss, None
+    return loss, (grad_x, grad_w.to(weight.dtype), None if grad_b is None else grad_b.to(bias.dtype))
+
+
 @dataclass
 class GPTConfig:
     vocab_size: int = 257
@@ -44,15 +157,21 @@ class GPTConfig:
     rope_base: float = 10000.0
     norm: str = "layernorm"
     norm_position: str = "pre"
+    final_norm: object = "auto"      # a norm before the head: auto (pre-LN yes, post-LN no) | True | False
     qk_norm: bool = False
     scale_embeddings: bool = False   # multiply token embeddings by sqrt(n_embd), as Vaswani et al. 2017 did (muP:
     #                                  sqrt(mup_base_width), a constant)
+    head_bias: bool = False          # a bias on the untied output head (grokking templates have one)
+    head_vocab_size: int = 0         # the head scores token ids 0..head_vocab_size-1 only (a task's answers, when
+    #                                  they come first in its vocabulary); 0 = the whole vocabulary
     init: str = "transformer"
     init_std: float = 0.02
     use_mup: bool = False
     mup_base_width: int = 128
     mup_input_mult: float = 1.0
     mup_output_mult: float = 1.0
+    mup_base_head_dim: int = 0       # the base model's head size; 0 = mup_base_width // n_head (heads fixed)
+    fused_loss: bool = True          # head + cross-entropy by linear_cross_entropy (False: full logits)
 
     @property
     def width_mult(self):
@@ -135,12 +254,13 @@ def apply_rotary(x, cos, sin):
     """Rotate the pairs (x[2i], x[2i+1]) of every head by the angle position * theta_i (RoPE, Su et al. 2021,
     the pairing of their paper and of LLaMA). cos, sin: (T, head_dim/2). Eager: one complex multiply, 3x faster
     on CPU than the same rotation in real arithmetic (one kernel forward and one backward, instead of six and a
-    cat). Compiled: real arithmetic, which inductor fuses into one kernel (it has no complex code generation)."""
+    cat). Compiled: real arithmetic, which inductor fuses into one kernel (it has no complex code generation).
+    Both rotate in fp32 with the fp32 tables and round once to x's dtype, so compiled training and eager
+    evaluation compute the same thing under bf16 (the tables are not rounded to bf16)."""
     pairs = x.reshape(*x.shape[:-1], -1, 2)
     if torch.compiler.is_compiling():
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-        a, b = pairs.unbind(-1)
-        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2)
+        a, b = pairs.float().unbind(-1)
+        return torch.stack((a * cos - b * sin, a * sin + b * cos), dim=-1).flatten(-2).type_as(x)
     rotated = torch.view_as_complex(pairs.float()) * torch.complex(cos, sin)
     return torch.view_as_real(rotated).flatten(-2).type_as(x)
 
@@ -175,10 +295,13 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.head_dim, eps=1e-5) if cfg.qk_norm else None
         self.resid_dropout = nn.Dropout(cfg.dropout)
-        # muP: attention logits scale as 1/d_head, equal to 1/sqrt(d_head) at the base width (None there: the
-        # very same computation as the standard model)
-        base_head_dim = cfg.mup_base_width // cfg.n_head
-        self.scale = math.sqrt(base_head_dim) / self.head_dim if cfg.width_mult != 1.0 else None
+        # muP: attention logits scale as 1/d_head, matched to the base model's 1/sqrt(d_head) (None where the head
+        # size is the base's: the very same computation as the standard model). The base head size is
+        # mup_base_width // n_head when widths keep the heads, mup_base_head_dim when they keep the head size
+        # (configs/widths/: heads grow, the scale stays 1/sqrt(d_head))
+        base_head_dim = cfg.mup_base_head_dim or cfg.mup_base_width // cfg.n_head
+        self.scale = math.sqrt(base_head_dim) / self.head_dim if cfg.width_mult != 1.0 and \
+            base_head_dim != self.head_dim else None
 
     def forward(self, x, rotary=None):
         B, T, C = x.shape
@@ -245,11 +368,17 @@ def check_config(cfg):
                        ("norm_position", NORM_POSITIONS), ("init", INITS)):
         if getattr(cfg, key) not in valid:
             raise ValueError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(valid)}")
-    if cfg.n_embd % cfg.n_head or (cfg.use_mup and cfg.mup_base_width % cfg.n_head):
+    if cfg.n_embd % cfg.n_head or (cfg.use_mup and not cfg.mup_base_head_dim and cfg.mup_base_width % cfg.n_head):
         raise ValueError(f"n_embd={cfg.n_embd} (and mup_base_width with use_mup) must be divisible by "
                          f"n_head={cfg.n_head}")
     if cfg.pos_encoding == "rotary" and (cfg.n_embd // cfg.n_head) % 2:
         raise ValueError(f"rotary needs an even head size, got {cfg.n_embd // cfg.n_head}")
+    if cfg.final_norm not in ("auto", True, False):
+        raise ValueError(f"final_norm={cfg.final_norm!r} is not one of auto, True, False")
+    if cfg.head_bias and cfg.tie_embeddings:
+        raise ValueError("head_bias needs an untied head (tie_embeddings=False)")
+    if not 0 <= cfg.head_vocab_size <= cfg.vocab_size:
+        raise ValueError(f"head_vocab_size={cfg.head_vocab_size} must be in 0..vocab_size={cfg.vocab_size}")
 
 
 class GPT(nn.Module):
@@ -267,8 +396,11 @@ class GPT(nn.Module):
             self.register_buffer("rotary_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.norm_f = make_norm(cfg, cfg.n_embd) if cfg.norm_position == "pre" else None  # post-LN ends normed
-        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        # pre-LN needs a final norm; post-LN ends normed, but grokking templates add one anyway (final_norm=True)
+        final_norm = cfg.norm_position == "pre" if cfg.final_norm == "auto" else cfg.final_norm
+        self.norm_f = make_norm(cfg, cfg.n_embd) if final_norm else None
+        self.n_out = cfg.head_vocab_size or cfg.vocab_size  # logits per position
+        self.lm_head = None if cfg.tie_embeddings else nn.Linear(cfg.n_embd, self.n_out, bias=cfg.head_bias)
         # Vaswani et al.'s sqrt(d_model); under muP sqrt(mup_base_width): the embedding output must not grow with
         # width (it equals sqrt(d_model) at the base width)
         scale = math.sqrt(cfg.mup_base_width if cfg.use_mup else cfg.n_embd) if cfg.scale_embeddings else 1.0
@@ -319,7 +451,7 @@ class GPT(nn.Module):
                     # pytorch's embeddings are N(0, 1) at every width: nothing to do
 
     # ------------------------------------------------------------------ forward
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, return_logits=False):
         B, T = idx.shape
         x = self.wte(idx)
         if self.embed_mult != 1.0:
@@ -336,12 +468,11 @@ class GPT(nn.Module):
             x = self.norm_f(x)
         if self.readout_mult != 1.0:
             x = x * self.readout_mult
-        logits = F.linear(x, self.wte.weight) if self.lm_head is None else self.lm_head(x)
-        loss = None
-        if targets is not None:  # targets of -1 (unsupervised positions of task rows) are ignored
-            loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), targets.reshape(-1),
-                                   ignore_index=-1)
-        return logits, loss
+        # targets of -1 (unsupervised positions of task rows) are ignored; with targets the logits are None unless
+        # asked for (fused_loss never forms them)
+        head = self.wte.weight[:self.n_out] if self.lm_head is None else self.lm_head.weight
+        return head_and_loss(x, head, None if self.lm_head is None else self.lm_head.bias, targets,
+                             fused=self.config.fused_loss and not return_logits)
 
     # ------------------------------------------------------------------ accounting
     def embedding_params(self):
@@ -357,7 +488,7 @@ class GPT(nn.Module):
         """Training FLOPs per token: 6 * (weights in matmuls, head included) + 12 * n_layer * n_embd * T."""
         cfg = self.config
         n_matmul = sum(m.weight.numel() for m in self.blocks.modules() if isinstance(m, nn.Linear))
-        n_matmul += cfg.vocab_size * cfg.n_embd  # the output head, tied or not
+        n_matmul += self.n_out * cfg.n_embd  # the output head, tied or not
         return 6 * n_matmul + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
 
     def param_info(self):
@@ -369,7 +500,7 @@ class GPT(nn.Module):
             if name.startswith(("wte.", "wpe.")):
                 yield name, p, "embedding", 0
             elif name.startswith("lm_head."):
-                yield name, p, "readout", L + 1
+                yield name, p, ("readout" if p.dim() >= 2 else "vector"), L + 1
             elif name.startswith("norm_f."):
                 yield name, p, "vector", L + 1
             else:

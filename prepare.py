@@ -6,7 +6,9 @@ Prepare a dataset: text (or a task) to memmapped token bins that train.py reads.
     python prepare.py stdlib                              # the embedded offline default (byte tokens)
     python prepare.py stdlib --tokenizer gpt2 --name stdlib_gpt2
     python prepare.py text --path notes/ --path 'books/**/*.txt' [--val_path held_out/]
-    python prepare.py tinystories --max_docs 100000       # Hugging Face sources need the network
+    python prepare.py tinystories --max_docs 100000       # Hugging Face sources need the network, or:
+    HF_DATASETS_OFFLINE=1 python prepare.py tinystories    # ... a copy in the datasets cache
+    python prepare.py hf_local --path saved/ [--text_column text]  # save_to_disk folder, parquet/jsonl/csv files
     python prepare.py modular --op div --p 97 --train_frac 0.5 --seed 0    # -> data/modular_div_p97
     python prepare.py permutation --n 5                                    # -> data/permutation_n5
     python prepare.py mnist --size 14                                      # -> data/mnist_size14
@@ -23,8 +25,10 @@ Sources ("tokens" datasets: documents, each followed by the end-of-document toke
   Python versions: meta.json records the version and the file count, and a dataset built by another
   Python is not silently reused.
 - text --path P [--path P2 ...] [--val_path V ...]: files, folders (recursive; hidden entries skipped) or
-  globs (quote them; ** works). Each file is a document. Empty and binary files (NUL or invalid UTF-8 in the
-  first 8 KB) are skipped with a warning; a file that turns out not to be UTF-8 further in is an error.
+  globs (quote them; ** works). Each file is a document. Empty and binary files (NUL bytes in the first
+  8 KB, as git decides) are skipped with a warning. A file that is not UTF-8 is an error naming it (and the
+  offset of its first bad byte) unless --errors replace: then the byte tokenizer takes its bytes as they are
+  (it needs no decoding, nothing is lost) and gpt2 gets U+FFFD for each bad byte.
   A single file (and no --val_path) is cut at a line boundary: the last val_frac of it is val.
 - wikitext103, wikitext2 (Salesforce/wikitext, raw variants; a document is an article), tinystories
   (roneneldan/TinyStories), openwebtext (Skylion007/openwebtext), c4 (allenai/c4, "en"), pile
@@ -32,7 +36,17 @@ Sources ("tokens" datasets: documents, each followed by the end-of-document toke
   EleutherAI's repository is gone; its .jsonl.zst files need `pip install zstandard`). TinyStories,
   OpenWebText, C4 and the Pile are streamed. `datasets` is imported only for these.
   --max_docs N reads at most N training documents; where the dataset has its own validation split it is
-  used, capped at ceil(N * val_frac) documents when N is given.
+  used, capped at ceil(N * val_frac) documents when N is given. Offline (a compute node), HF_DATASETS_OFFLINE=1
+  (or HF_HUB_OFFLINE=1) reads the copy that `datasets.load_dataset(REPO, CONFIG)` left in the datasets cache
+  (HF_DATASETS_CACHE, default ~/.cache/huggingface/datasets), streamed sources too.
+- hf_local --path P [--path P2 ...] [--val_path V ...] [--text_column text]: Hugging Face data on disk, read
+  with `datasets` (nothing is downloaded or cached): a folder written by save_to_disk (a DatasetDict's train
+  split, and its validation split: validation, valid, val or dev; a test split is left alone), another
+  folder (splits as datasets infers them for a Hub repository: its README's configs, else the file names,
+  e.g. train-*.parquet and validation-*.parquet; a `hf download --repo-type dataset` copy works), or .parquet,
+  .jsonl, .json, .csv, .arrow files and globs (one split). --val_path names the val rows; without a val split
+  documents are split by a hash of their text. Each non-empty value of --text_column is a document. gpt2
+  tokens by default, like the Hub sources; --max_docs as above.
 Val split: the dataset's own validation split where it has one (--val_path for text); otherwise by a hash
 of each document's identity (its path relative to the folder or glob it came from; for openwebtext its
 text), val if the hash falls below --val_frac (default 0.05: a fraction of documents, not of bytes; for
@@ -43,7 +57,11 @@ document with the lowest (highest) hash move to val (train).
 Tokenizers (--tokenizer): byte (default for stdlib and text): UTF-8 bytes 0..255 plus the end-of-document
 id 256, vocab 257. gpt2 (default for Hugging Face sources): tiktoken's GPT-2 BPE with encode_ordinary and
 <|endoftext|> = 50256; if the gpt2 files cannot be fetched but r50k_base is cached (same ranks, same
-regex: set TIKTOKEN_CACHE_DIR, e.g. to ../shared/tiktoken) r50k_base is used and meta.json says so.
+regex: set TIKTOKEN_CACHE_DIR, e.g. to ../shared/tiktoken) r50k_base is used and meta.json says so. A cached
+encoding is used without any download; with none cached and its server unreachable, the command fails at
+once saying how to make the cache on a machine with internet:
+    TIKTOKEN_CACHE_DIR=DIR python -c "import tiktoken; tiktoken.get_encoding('r50k_base')"
+(one 1.6 MB file, named by the sha1 of its URL; get_encoding('gpt2') instead caches gpt2's two files).
 As in nanoGPT, the end-of-document token FOLLOWS each document. Bins are uint16 when the vocabulary fits
 (<= 65536 ids), else uint32. GPT-2 tokenizing runs in --num_threads threads (tiktoken releases the GIL,
 so they use every core without the start-up cost of processes); byte tokenizing is a memory copy, done in
@@ -71,9 +89,10 @@ checksum check is rebuilt. Builds go to data/.<name>.tmp-<host>-<pid> and are re
 complete, so a killed prepare never leaves a folder that looks finished; the next run removes leftovers.
 
 meta.json: format_version, name, kind (tokens|rows), source, options (everything that affects the content),
-inputs (what was read: Python version and file fingerprint for local sources, the repository for Hugging
-Face ones), tokenizer (byte|gpt2|r50k_base|task), vocab_size, eot_id, dtype, splits.{train,val}.{file,
-tokens, bytes, sha256, documents}, rows datasets also row_len, supervised_positions, rows, token_names;
+inputs (what was read: Python version and file fingerprint for local sources, hf_local included, the
+repository for Hugging Face ones), tokenizer (byte|gpt2|r50k_base|task), vocab_size, eot_id, dtype,
+splits.{train,val}.{file, tokens, bytes, sha256, documents}, rows datasets also row_len, supervised_positions,
+rows, token_names;
 plus created, python, command, seconds; text datasets also splits.*.text_bytes and text_mb_per_s.
 
 Python API (train.py):
@@ -101,6 +120,8 @@ import shutil
 import socket
 import sys
 import sysconfig
+import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -124,7 +145,9 @@ HOST = socket.gethostname()
 TEXT_OPTIONS = {"tokenizer": "gpt2", "val_frac": 0.05, "max_docs": None}
 SOURCES = {
     "stdlib": {"tokenizer": "byte", "val_frac": 0.05},
-    "text": {"path": [], "val_path": [], "tokenizer": "byte", "val_frac": 0.05},
+    "text": {"path": [], "val_path": [], "tokenizer": "byte", "val_frac": 0.05, "errors": "strict"},
+    "hf_local": {"path": [], "val_path": [], "text_column": "text", "tokenizer": "gpt2", "val_frac": 0.05,
+                 "max_docs": None},
     "wikitext103": TEXT_OPTIONS, "wikitext2": TEXT_OPTIONS, "tinystories": TEXT_OPTIONS,
     "openwebtext": TEXT_OPTIONS, "c4": TEXT_OPTIONS, "pile": TEXT_OPTIONS,
     "modular": {"op": "add", "p": 97, "train_frac": 0.5, "seed": 0},
@@ -143,6 +166,8 @@ HF_SOURCES = {
 }
 # Packages a Hugging Face source needs beyond datasets: (module, pip package). The Pile mirror is .jsonl.zst.
 HF_NEEDS = {"pile": ("zstandard", "zstandard"), "mnist": ("PIL", "pillow")}
+HF_VAL_SPLITS = ("validation", "valid", "val", "dev")  # hf_local: the split that becomes val (a test split is not)
+DATA_FILE_BUILDERS = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv", ".arrow": "arrow"}
 TASK_SOURCES = ("modular", "permutation", "mnist")
 # Task dataset names: source_<always-named options>_<other options that differ from the default>
 NAME_ALWAYS = {"modular": ("op", "p"), "permutation": ("n",), "mnist": ()}
@@ -169,8 +194,8 @@ def resolve_options(source, given):
     options.update({k: v for k, v in given.items() if v is not None})
     for key, value in options.items():
         options[key] = check_option(source, key, value)
-    if source == "text" and not options["path"]:
-        raise UserError("source 'text' needs --path FILE_FOLDER_OR_GLOB (repeatable)")
+    if source in ("text", "hf_local") and not options["path"]:
+        raise UserError(f"source '{source}' needs --path FILE_FOLDER_OR_GLOB (repeatable)")
     if source == "modular" and options["op"] == "div" and not is_prime(options["p"]):
         raise UserError(f"--p {options['p']} is not prime: division needs an inverse of every b != 0 mod p")
     return options
@@ -182,6 +207,12 @@ def check_option(source, key, value):
         return [os.path.abspath(os.fspath(p)) for p in paths]
     if key == "tokenizer":
         return choice(key, value, ("byte", "gpt2"))
+    if key == "errors":
+        return choice(key, value, ("strict", "replace"))
+    if key == "text_column":
+        if not isinstance(value, str) or not value:
+            raise UserError(f"--text_column must be a column name, got {value!r}")
+        return value
     if key == "op":
         return choice(key, value, tuple(MODULAR_OPS))
     if key in ("val_frac", "train_frac"):
@@ -269,6 +300,25 @@ def guess_command(name, data_dir):
 # ----------------------------------------------------------------------------- tokenizers
 
 ENCODERS = {}  # tiktoken encodings by name, loaded once per process
+# The files tiktoken.get_encoding(name) reads; its cache names each by the sha1 of its URL
+TIKTOKEN_FILES = {
+    "gpt2": ("https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/vocab.bpe",
+             "https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/encoder.json"),
+    "r50k_base": ("https://openaipublic.blob.core.windows.net/encodings/r50k_base.tiktoken",),
+}
+TIKTOKEN_MAKE_CACHE = "TIKTOKEN_CACHE_DIR=DIR python -c \"import tiktoken; tiktoken.get_encoding('r50k_base')\""
+
+
+def tiktoken_cache():
+    """(folder, the encodings whose files are all in it), where tiktoken looks: TIKTOKEN_CACHE_DIR, else
+    DATA_GYM_CACHE_DIR, else <tmp>/data-gym-cache ('' turns its cache off)."""
+    if "TIKTOKEN_CACHE_DIR" in os.environ:
+        folder = os.environ["TIKTOKEN_CACHE_DIR"]
+    else:
+        folder = os.environ.get("DATA_GYM_CACHE_DIR", os.path.join(tempfile.gettempdir(), "data-gym-cache"))
+    cached = [name for name, urls in TIKTOKEN_FILES.items() if folder and all(
+        os.path.isfile(os.path.join(folder, hashlib.sha1(url.encode()).hexdigest())) for url in urls)]
+    return folder, cached
 
 
 def get_encoder(name):
@@ -282,8 +332,16 @@ def load_tokenizer(name):
     """(resolved name, vocab_size, eot_id). 'gpt2' resolves to r50k_base (same ranks) when offline."""
     if name == "byte":
         return "byte", 257, BYTE_EOT
+    folder, cached = tiktoken_cache()
+    if not cached:  # tiktoken would download them, with no timeout: find out first whether it can
+        reason = unreachable("https://openaipublic.blob.core.windows.net")
+        if reason:
+            raise UserError(f"the GPT-2 tokenizer is not in the tiktoken cache ({folder or 'caching off'}) and "
+                            f"cannot be downloaded ({reason}); make the cache where there is internet (a login node):"
+                            f" `{TIKTOKEN_MAKE_CACHE}`, then set TIKTOKEN_CACHE_DIR=DIR here (in this project: "
+                            f"../shared/tiktoken), or use --tokenizer byte")
     errors = []
-    for candidate in ("gpt2", "r50k_base"):
+    for candidate in cached or ("gpt2", "r50k_base"):  # a cached one first: no download
         try:
             enc = ENCODERS["gpt2"] = get_encoder(candidate)  # remember the fallback: one download try
             return enc.name, enc.n_vocab, enc.eot_token
@@ -312,8 +370,9 @@ def encode_chunk(pieces, tokenizer, eot_id, dtype):
     """Token ids of a list of (text, ends_document) pieces, eot after each document's last piece."""
     out = []
     for text, ends_document in pieces:
-        if tokenizer == "byte":
-            out.append(np.frombuffer(text.encode("utf-8"), np.uint8).astype(dtype))
+        if tokenizer == "byte":  # bytes as they are (--errors replace), else the text's UTF-8 bytes
+            data = text if isinstance(text, bytes) else text.encode("utf-8")
+            out.append(np.frombuffer(data, np.uint8).astype(dtype))
         else:  # = encode_ordinary (special-token text stays text), straight into numpy
             out.append(get_encoder(tokenizer).encode_to_numpy(text, disallowed_special=()).astype(dtype))
         if ends_document:
@@ -350,21 +409,25 @@ def walk(folder, excluded=(), suffix=""):
     return found
 
 
-def looks_binary(path):
-    """Like git: NUL bytes or invalid UTF-8 in the first 8 KB."""
+def sniff(path):
+    """What the first 8 KB of a file say: 'binary' (NUL bytes, as git decides), (offset, byte) of the first
+    byte that is not UTF-8, or None (text)."""
     with open(path, "rb") as f:
         head = f.read(8192)
+    if b"\0" in head:
+        return "binary"
     try:
         codecs.getincrementaldecoder("utf-8")().decode(head, final=False)
-    except UnicodeDecodeError:
-        return True
-    return b"\0" in head
+    except UnicodeDecodeError as e:
+        return e.start, head[e.start]
+    return None
 
 
-def list_files(patterns, what):
+def list_files(patterns, what, errors="strict"):
     """(files, skipped) for --path/--val_path values. files: (key, path) with key the path relative to
-    the folder (or the glob's fixed leading folder, or the file's own folder) it was named through."""
-    files, skipped, seen = [], [], set()
+    the folder (or the glob's fixed leading folder, or the file's own folder) it was named through.
+    Empty and binary files are skipped; files that are not UTF-8 are an error unless errors='replace'."""
+    files, skipped, seen, not_utf8 = [], [], set(), []
     for pattern in patterns:
         if os.path.isdir(pattern):
             base, found = pattern, walk(pattern)
@@ -384,12 +447,20 @@ def list_files(patterns, what):
                 continue
             seen.add(real)
             try:
-                if os.path.getsize(path) == 0 or looks_binary(path):
+                found_here = None if os.path.getsize(path) == 0 else sniff(path)
+                if os.path.getsize(path) == 0 or found_here == "binary":
                     skipped.append(path)
                     continue
             except OSError as e:
                 raise UserError(f"cannot read {path}: {e.strerror}")
+            if found_here and errors == "strict":
+                not_utf8.append((path, *found_here))
             files.append((os.path.relpath(path, base).replace(os.sep, "/"), path))
+    if not_utf8:
+        path, offset, byte = not_utf8[0]
+        raise UserError(f"{len(not_utf8)} file(s) in {what} are not UTF-8 text, e.g. {path} (byte 0x{byte:02x} at "
+                        f"offset {offset}): convert them (iconv -f latin1 -t utf-8), leave them out, or pass "
+                        f"--errors replace to take them as they are")
     return files, skipped
 
 
@@ -410,8 +481,8 @@ def local_plan(source, options):
         inputs = {"python": sys.version.split()[0], "root": root}
         val_files = []
     else:
-        files, skipped = list_files(options["path"], "--path")
-        val_files, skipped_val = list_files(options["val_path"], "--val_path")
+        files, skipped = list_files(options["path"], "--path", options["errors"])
+        val_files, skipped_val = list_files(options["val_path"], "--val_path", options["errors"])
         skipped += skipped_val
         if skipped:
             print(f"warning: skipped {len(skipped)} empty or binary file(s), e.g. {skipped[0]}", file=sys.stderr)
@@ -479,8 +550,9 @@ def safe_cut(buf, start=0):
         end = i
 
 
-def read_pieces(path, start, end):
-    """Text of path[start:end] in pieces of about PIECE_BYTES: yields (text, n_bytes, is_last)."""
+def read_pieces(path, start, end, errors="strict", raw=False):
+    """Text of path[start:end] in pieces of about PIECE_BYTES: yields (text, n_bytes, is_last). errors: how
+    bytes that are not UTF-8 are decoded ('strict': an error); raw: the bytes themselves, undecoded."""
     with open(path, "rb") as f:
         f.seek(start)
         buf, remaining, offset = bytearray(), end - start, start
@@ -494,10 +566,10 @@ def read_pieces(path, start, end):
             if cut == 0:
                 continue  # no safe cut yet (a very long line): read on
             try:
-                text = buf[:cut].decode("utf-8")
+                text = bytes(buf[:cut]) if raw else buf[:cut].decode("utf-8", errors)
             except UnicodeDecodeError as e:
                 raise UserError(f"{path} is not UTF-8 text (bad byte at offset {offset + e.start}): "
-                                f"convert it or leave it out")
+                                f"convert it, leave it out, or pass --errors replace to take it as it is")
             yield text, cut, at_end
             if at_end:
                 return
@@ -505,31 +577,50 @@ def read_pieces(path, start, end):
             offset += cut
 
 
-def local_documents(docs):
+def local_documents(docs, errors="strict", raw=False):
     """(split, text, n_bytes, ends_document) for each piece of each document, in plan order."""
     for key, path, start, end, split in docs:
-        for text, n_bytes, last in read_pieces(path, start, end):
+        for text, n_bytes, last in read_pieces(path, start, end, errors, raw):
             yield split, text, n_bytes, last
 
 
 # ----------------------------------------------------------------------------- Hugging Face documents
 
-def hf_unreachable():
-    """Why the Hugging Face Hub cannot be reached (a quick TCP probe), or None. Without this the
-    download would retry for ~25 s and print a warning per retry before failing."""
-    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or \
-        os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+def unreachable(url, timeout=5):
+    """Why url's server (or HTTPS_PROXY) cannot be reached, by a quick TCP probe, or None. A name lookup
+    that hangs counts as unreachable after timeout + 1 s."""
+    url = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy") or url
     parsed = urlparse(url if "://" in url else "http://" + url)
     host, port = parsed.hostname, parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        socket.create_connection((host, port), timeout=5).close()
-        return None
-    except OSError as e:
-        return f"cannot reach {host}:{port} ({e.strerror or type(e).__name__})"
+    answer = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(None)
+        except OSError as e:
+            answer.append(f"cannot reach {host}:{port} ({e.strerror or type(e).__name__})")
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout + 1)
+    return answer[0] if answer else f"cannot reach {host}:{port} (no answer in {timeout} s)"
 
 
-HF_OFFLINE_HINT = ("offline, use `python prepare.py stdlib` or `python prepare.py text --path FILES` "
-                   "(HF_HUB_OFFLINE=1 uses a copy already in the Hugging Face cache)")
+def hf_unreachable():
+    """Why the Hugging Face Hub cannot be reached, or None. Without this the download would retry for
+    ~25 s and print a warning per retry before failing."""
+    return unreachable(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+
+
+def hf_offline():
+    return any(os.environ.get(k, "0").lower() not in ("0", "", "false", "no", "off")
+               for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+HF_OFFLINE_HINT = ("offline: HF_DATASETS_OFFLINE=1 reads a copy already in the datasets cache, `python prepare.py "
+                   "hf_local --path DIR` a save_to_disk folder or data files; or use `python prepare.py stdlib` or "
+                   "`python prepare.py text --path FILES`")
 
 
 def hf_where(source, split="train"):
@@ -538,8 +629,9 @@ def hf_where(source, split="train"):
 
 
 def hf_preflight(source):
-    """Before a Hugging Face build: the Hub must be reachable (unless HF_HUB_OFFLINE) and the packages there."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("0", "", "false", "no"):
+    """Before a Hugging Face build: the Hub must be reachable (unless offline: HF_HUB_OFFLINE or
+    HF_DATASETS_OFFLINE, or hf_local) and the packages there."""
+    if source != "hf_local" and not hf_offline():
         reason = hf_unreachable()
         if reason:
             raise UserError(f"could not download {hf_where(source)} from Hugging Face: {reason}; "
@@ -580,20 +672,118 @@ def hf_texts(source, split):
     return (t for t in texts if t)
 
 
+def data_files(patterns, what):
+    """Every file a --path/--val_path value of hf_local names (folders recursively, hidden entries skipped;
+    globs), as (key, path) for the fingerprint."""
+    found = []
+    for pattern in patterns:
+        matches = [pattern] if os.path.exists(pattern) else sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise UserError(f"{what} {pattern} matches no file or folder")
+        found += [p for m in matches for p in (walk(m) if os.path.isdir(m) else [m])]
+    return [(p, p) for p in dict.fromkeys(found)]
+
+
+def saved_dataset(path):
+    """A folder written by Dataset.save_to_disk or DatasetDict.save_to_disk."""
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_dict.json",
+                                                                                        "state.json"))
+
+
+def data_file_builder(path):
+    """The datasets builder for a data file (.parquet, .jsonl, .json, .csv, .arrow; compressed json/csv too)."""
+    name = re.sub(r"\.(gz|bz2|xz|zst)$", "", os.path.basename(path).lower())
+    return DATA_FILE_BUILDERS.get(os.path.splitext(name)[1])
+
+
+def open_local_dataset(values, what):
+    """(train rows, val rows or None) of an hf_local --path/--val_path value list: a save_to_disk folder (a
+    DatasetDict's train and validation splits), a folder of data files (splits as datasets infers them for
+    a Hub repository: its README's configs, else file names like train-*.parquet, validation-*.parquet),
+    or data files and globs (all of them one split)."""
+    import datasets
+    if len(values) == 1 and os.path.isdir(values[0]):
+        folder = values[0]
+        ds = datasets.load_from_disk(folder) if saved_dataset(folder) else datasets.load_dataset(
+            folder, streaming=True)
+        if isinstance(ds, (datasets.DatasetDict, datasets.IterableDatasetDict)):
+            if "train" not in ds:
+                raise UserError(f"{what} {folder} has the splits {', '.join(ds)} but no 'train' split")
+            return ds["train"], next((ds[s] for s in HF_VAL_SPLITS if s in ds), None)
+        return ds, None
+    files = [p for _, p in data_files(values, what)]
+    unknown = [p for p in files if not data_file_builder(p)]
+    if unknown:
+        raise UserError(f"{what}: cannot tell the format of {unknown[0]}; hf_local reads .parquet, .jsonl, .json, "
+                        f".csv and .arrow files, a folder of them, or a save_to_disk folder")
+    builders = sorted({data_file_builder(p) for p in files})
+    if len(builders) > 1:
+        raise UserError(f"{what} mixes formats ({', '.join(builders)}); give files of one format")
+    return datasets.load_dataset(builders[0], data_files=files, split="train", streaming=True), None
+
+
+def column_texts(rows, column, where):
+    """The non-empty strings of one column of a datasets Dataset or IterableDataset, in order."""
+    names = rows.column_names
+    if names is not None and column not in names:
+        raise UserError(f"{where} has no column '{column}'{closest_key(column, names)}; its columns: "
+                        f"{', '.join(names)} (choose with --text_column)")
+    for batch in rows.iter(batch_size=1024):
+        if column not in batch:
+            raise UserError(f"{where} has no column '{column}'{closest_key(column, batch)}; its columns: "
+                            f"{', '.join(batch)} (choose with --text_column)")
+        for text in batch[column]:
+            if text is not None and not isinstance(text, str):
+                raise UserError(f"column '{column}' of {where} holds {type(text).__name__} values, not text; "
+                                f"choose a text column with --text_column")
+            if text:
+                yield text
+
+
+def hf_local_texts(options):
+    """(train texts, val texts or None) of hf_local: --val_path's rows, else the dataset's own validation
+    split, else None (a hash split). Errors while reading are one line."""
+    try:
+        train, val = open_local_dataset(options["path"], "--path")
+        if options["val_path"]:
+            val_train, val_val = open_local_dataset(options["val_path"], "--val_path")
+            val = val_val if val_val is not None else val_train
+    except UserError:
+        raise
+    except Exception as e:  # whatever datasets raises for a folder or file it cannot read
+        raise UserError(f"datasets cannot read {' '.join(options['path'] + options['val_path'])}: "
+                        f"{short_reason(e)}")
+
+    def texts(rows, where):
+        try:
+            yield from column_texts(rows, options["text_column"], where)
+        except UserError:
+            raise
+        except Exception as e:
+            raise UserError(f"datasets cannot read {where}: {short_reason(e)}")
+
+    where = " ".join(options["path"])
+    return texts(train, where), None if val is None else texts(val, " ".join(options["val_path"]) or where)
+
+
 def hf_documents(source, options):
-    """(split, text, n_bytes, ends_document) for each document of a Hugging Face text source."""
-    _, _, val_split, _ = HF_SOURCES[source]
+    """(split, text, n_bytes, ends_document) for each document of a Hugging Face text source (the Hub's,
+    or hf_local's on disk): the dataset's own validation split where it has one, else a hash split."""
+    if source == "hf_local":
+        train, val = hf_local_texts(options)
+    else:
+        _, _, val_split, _ = HF_SOURCES[source]
+        train, val = hf_texts(source, "train"), hf_texts(source, val_split) if val_split else None
     max_docs, val_frac = options["max_docs"], options["val_frac"]
-    if val_split:
+    if val is not None:
         caps = {"train": max_docs, "val": math.ceil(max_docs * val_frac) if max_docs else None}
-        for split, hf_split in (("train", "train"), ("val", val_split)):
-            texts = hf_texts(source, hf_split)
+        for split, texts in (("train", train), ("val", val)):
             for text in itertools.islice(texts, caps[split]):
                 yield split, text, len(text.encode("utf-8")), True
             texts.close()
     else:
         n_train = 0
-        for text in hf_texts(source, "train"):
+        for text in train:
             data = text.encode("utf-8")
             split = "val" if hash_fraction(data) < val_frac else "train"
             yield split, text, len(data), True
@@ -762,7 +952,9 @@ def build_tokens(folder, source, options, plan, num_threads):
     dtype = dtype_for(vocab_size)
     writers = {s: SplitWriter(os.path.join(folder, f"{s}.bin"), dtype) for s in SPLITS}
     start = time.time()
-    documents = local_documents(plan) if plan is not None else hf_documents(source, options)
+    errors = options.get("errors", "strict")  # text: --errors replace takes the bytes as they are (byte tokens)
+    documents = local_documents(plan, errors, raw=errors == "replace" and tokenizer == "byte") \
+        if plan is not None else hf_documents(source, options)
     tokenize(documents, tokenizer, eot_id, writers, num_threads)
     seconds = time.time() - start
     text_bytes = {s: w.text_bytes for s, w in writers.items()}
@@ -824,12 +1016,15 @@ def prepare(source, name=None, data_dir="data", force=False, num_threads=None, *
     plan, inputs = local_plan(source, options) if source in ("stdlib", "text") else (None, {})
     if source in HF_SOURCES:
         inputs = dict(zip(("hf_dataset", "hf_config", "hf_val_split"), HF_SOURCES[source][:3]))
+    if source == "hf_local":  # what is read: the files (sizes and times), as for text
+        files = data_files(options["path"] + options["val_path"], "--path")
+        inputs = fingerprint(files, [os.path.getsize(p) for _, p in files])
     identity = {"format_version": FORMAT_VERSION, "source": source, "options": options, "inputs": inputs}
     replace = os.path.lexists(folder)  # then it is rebuilt only with --force, or if damaged
     if replace and reusable(folder, identity, command, force):
         print(f"{folder} is up to date: reusing it (--force rebuilds it)")
         return folder
-    if source in HF_SOURCES:
+    if source in HF_SOURCES or source == "hf_local":
         hf_preflight(source)
     tmp = os.path.join(data_dir, f".{name}.tmp-{HOST}-{os.getpid()}")
     start = time.time()
@@ -889,6 +1084,8 @@ def identity_differences(meta, identity):
         old = meta.get(key)
         if isinstance(new, dict) and isinstance(old, dict):
             for k in sorted(set(new) | set(old)):
+                if key == "options" and k not in old and new[k] == SOURCES[identity["source"]].get(k):
+                    continue  # an option added since, at its default: what the older build did
                 if new.get(k) != old.get(k):
                     label = "input files changed (size or time)" if k == "fingerprint" else \
                         f"{k}: {str(old.get(k))[:60]} -> {str(new.get(k))[:60]}"
@@ -1066,8 +1263,11 @@ def main(argv=None):
     parser.add_argument("--data_dir", default="data", help="where datasets live (default: data)")
     parser.add_argument("--force", action="store_true", help="rebuild even if an identical dataset exists")
     parser.add_argument("--num_threads", type=int, help="tokenizer threads (default: all cores)")
-    parser.add_argument("--path", action="append", help="text: file, folder or glob (repeatable)")
-    parser.add_argument("--val_path", action="append", help="text: validation files (repeatable)")
+    parser.add_argument("--path", action="append", help="text, hf_local: file, folder or glob (repeatable)")
+    parser.add_argument("--val_path", action="append", help="text, hf_local: validation files (repeatable)")
+    parser.add_argument("--text_column", help="hf_local: the column holding the text (default: text)")
+    parser.add_argument("--errors", help="text: strict (default: a file that is not UTF-8 is an error) or "
+                                         "replace (take it: its bytes as they are, U+FFFD for gpt2)")
     parser.add_argument("--tokenizer", help="byte or gpt2")
     parser.add_argument("--val_frac", type=float, help="fraction of documents for val (default 0.05)")
     parser.add_argument("--max_docs", type=int, help="at most this many training documents (images)")

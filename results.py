@@ -7,13 +7,22 @@ train.py and the one reader used by sweep.py, analyze.py and fit_scaling.py.
                               final.json    written when the run ends, for any reason
                               anneal.csv    optional: annealed points of cooldown branches
                               ckpt.pt       latest checkpoint (ckpt.prev.pt: the one before)
+                              run.lock      the owner's lock: one process trains a run folder at a time
 
 Readers never raise on a damaged folder: what is wrong goes into run["problems"].
 """
 import csv
+import errno
+import fcntl
 import json
 import math
 import os
+import socket
+import sys
+import time
+from datetime import datetime, timezone
+
+from configurator import UserError
 
 METRICS_COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr", "elapsed_s"]
 TASK_COLUMNS = ["train_acc", "val_acc"]  # rows (task) datasets add these
@@ -180,3 +189,112 @@ def find_runs(root):
                 found.append(os.path.join(dirpath, d))
                 dirnames.remove(d)
     return found
+
+
+# ----------------------------------------------------------------------------- ownership
+
+LOCK_FILE = "run.lock"
+REQUEUE_LOCK_WAIT_S = 180.0  # lock_wait_s=-1 for a requeued SLURM task: see lock_run_folder
+_held = {}  # run folder (absolute path) -> its open lock file, while this process owns the run
+
+
+class RunFolderBusy(UserError):
+    """Another live process owns the run folder. train.py exits 75 on it (EX_TEMPFAIL, as for an interrupted
+    run): the same command run later resumes the run, or reports it finished."""
+
+
+def lock_run_folder(folder, wait_s=0.0):
+    """Make this process the owner of a run folder (created if missing): an exclusive flock on folder/run.lock,
+    held until release_run_folder or the end of the process, however it ends (the kernel drops a killed
+    process's locks: no stale lock is ever left). The file records pid, host and time for others' messages.
+    Waits up to wait_s seconds for another owner, then raises RunFolderBusy naming it. wait_s < 0: 180 s for a
+    requeued SLURM task (SLURM_RESTART_COUNT > 0: an NFSv4 server frees a dead node's locks one lease, 90 s by
+    default, after its last contact, and its clean-up may take one lease more), else 0. Returns the lock file,
+    or None where the filesystem cannot lock (a warning says so; the run goes on unguarded)."""
+    if wait_s < 0:
+        wait_s = REQUEUE_LOCK_WAIT_S if int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0 else 0.0
+    path = os.path.join(folder, LOCK_FILE)
+    if os.path.abspath(folder) in _held:
+        raise RunFolderBusy(f"{folder} is already owned by this process (pid {os.getpid()})")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        f = os.fdopen(os.open(path, os.O_RDWR | os.O_CREAT, 0o666), "r+")  # not truncated: the owner's record stays
+    except OSError as e:
+        if e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        raise UserError(f"cannot create {path}: {e.strerror}; the run folder must be writable by you")
+    # a prober (sweep.py --list) holds a shared lock for an instant: retry for half a second at least
+    start, told = time.monotonic(), False
+    while True:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            waited = time.monotonic() - start
+            if waited >= max(wait_s, 0.5):
+                f.seek(0)
+                owner = describe_owner(f.read())
+                f.close()
+                raise RunFolderBusy(f"{folder} is in use by {owner}" + (f" (waited {waited:.0f} s)" if wait_s else "")
+                                    + ": that process trains this run; wait for it or stop it, then run the same "
+                                      "command again (it resumes the run, or reports it finished)")
+            if wait_s >= 1 and not told:
+                f.seek(0)
+                print(f"waiting up to {wait_s:.0f} s for {folder}: in use by {describe_owner(f.read())}",
+                      file=sys.stderr, flush=True)
+                told = True
+            time.sleep(0.05 if waited < 1 else 1.0)
+        except OSError as e:  # ENOLCK: NFS without its lock service; EOPNOTSUPP/ENOSYS: Lustre without -o flock
+            f.close()
+            print(f"warning: cannot lock {path} ({e.strerror}): nothing stops a second process from training "
+                  f"this run at the same time", file=sys.stderr, flush=True)
+            return None
+    f.seek(0)
+    f.truncate()
+    f.write(json.dumps(owner_record()) + "\n")
+    f.flush()
+    _held[os.path.abspath(folder)] = f
+    return f
+
+
+def owner_record():
+    """This process as the lock file records it: pid, host, SLURM job (array job_task) and since when."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if os.environ.get("SLURM_ARRAY_JOB_ID") and os.environ.get("SLURM_ARRAY_TASK_ID"):
+        job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
+    return {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": job,
+            "since": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+
+
+def release_run_folder(folder):
+    """Give up this process's ownership of folder (nothing happens if it does not own it)."""
+    f = _held.pop(os.path.abspath(folder), None)
+    if f is not None:
+        f.close()  # closing the file drops the lock
+
+
+def describe_owner(text):
+    """'pid 123@node7 (SLURM job 99_3) since 2026-01-01 12:00:00 UTC' from a lock file's record."""
+    try:
+        r = json.loads(text)
+        job = f" (SLURM job {r['slurm_job']})" if r.get("slurm_job") else ""
+        return f"pid {r['pid']}@{r['host']}{job} since {r['since']}"
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return "another process (not recorded yet)"
+
+
+def read_lock_owner(folder):
+    """Who owns a run folder now, as describe_owner says it; None if no live process holds its lock (or the
+    filesystem cannot lock). Probed with a shared flock tried without waiting and dropped at once."""
+    try:
+        f = open(os.path.join(folder, LOCK_FILE))
+    except OSError:
+        return None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return describe_owner(f.read())
+        except OSError:
+            return None
+    return None

@@ -34,7 +34,8 @@ Command line: --key=value (any train.py key) overrides that key in every run; --
 parameter the sweep file reads with param(NAME, default). So the same sweep file scales up unchanged.
 
 SLURM (default output): one job array, one task per run that is not finished yet. The #SBATCH lines come from
-slurm/train.sbatch (Transformer: 1 GPU, python train.py) or slurm/lstm_ddp.sbatch (LSTM: 2 GPUs, torchrun),
+slurm/train.sbatch (1 GPU, python train.py, for both architectures: one GPU holds any run here, and a small LSTM
+gains nothing from DDP; --gpus N or slurm = dict(gpus=N) runs torchrun with N processes per task instead),
 so site settings written there hold for every sweep; --partition --account --gpus --cpus --mem --time and
 --sbatch LINE override them, and --gpus 0 drops the GPU request for a CPU-only cluster. Each task reads its
 train.py arguments from the task file <results_dir>/<study>/_sweep/tasks-<hash>.txt (line = array index) and
@@ -48,7 +49,9 @@ per start and end (and every 30 s), failures listed at the end without stopping 
 checkpoints the running runs (exit 75). Logs: <results_dir>/<study>/_sweep/logs/<run_name>.log.
 
 Idempotent: runs whose final.json says completed, diverged, early_stopped or time_limit are skipped; interrupted
-and killed ones resume from their checkpoints. A run folder holding a run with another config (the sweep was
+and killed ones resume from their checkpoints. A run that a live process trains now (train.py holds its folder's
+lock, results.lock_run_folder: another sweep, a job, a user) is `running` in --list and skipped by --local and by
+the job array. A run folder holding a run with another config (the sweep was
 edited) stops the submission with one line, as train.py would refuse it. The embedded corpus is prepared once
 up front when missing. Run sweep.py from the repository root when submitting to SLURM.
 """
@@ -80,7 +83,9 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SWEEP = os.path.join("configs", "sweeps", "smoke.py")
 SWEEP_KEYS = ("study", "base", "fixed", "grid", "runs", "seeds", "slurm")
 SLURM_KEYS = ("partition", "account", "gpus", "cpus", "mem", "time", "jobs", "sbatch")
-TEMPLATES = {"transformer": "slurm/train.sbatch", "lstm": "slurm/lstm_ddp.sbatch"}
+# per architecture; the LSTM's too is 1 GPU: DDP pays only where a step hides the all-reduce, and asking for it
+# (--gpus 2) is the sweep's choice, checked against every run's gradient_accumulation_steps
+TEMPLATES = {"transformer": "slurm/train.sbatch", "lstm": "slurm/train.sbatch"}
 DEFAULT_JOBS = 16  # the array's % limit: how many of its tasks may run at once
 DONE = ("completed", "early_stopped", "time_limit")  # with diverged: results.FINISHED, never retrained
 
@@ -430,13 +435,16 @@ def name_runs(runs, path):
 
 # ----------------------------------------------------------------------------------------- status of runs
 def run_status(run):
-    """(status, detail): done | diverged | interrupted | running_or_killed | pending | config_changed."""
+    """(status, detail): done | diverged | running | interrupted | running_or_killed | pending | config_changed.
+    running: a live process holds the folder's lock (train.py, here or on another node); running_or_killed: no
+    final.json and nobody holds the lock (killed, or on a filesystem without locks)."""
     folder = run["folder"]
     if not os.path.isdir(folder):
         return "pending", ""
+    owner = results.read_lock_owner(folder)
     r = results.read_run(folder)
     if r["status"] == "not_started":
-        return "pending", ""
+        return ("running", f"by {owner}, starting") if owner else ("pending", "")
     if r["config"] is not None:
         differing = train.config_differences(r["config"], run["config"])
         if "block_size" in differing:  # task datasets: train.py sets block_size from the rows it reads
@@ -455,6 +463,9 @@ def run_status(run):
         return "done", f"{r['status']}, {detail}"
     if r["status"] == "diverged":
         return "diverged", detail
+    if owner:
+        step = r["metrics"][-1]["step"] if r["metrics"] else 0
+        return "running", f"by {owner}, last evaluation at step {step}"
     if r["status"] == "interrupted":
         return "interrupted", f"at step {final.get('steps')}: resumes from its checkpoint"
     if r["status"] == "running_or_killed":
@@ -482,7 +493,8 @@ def print_list(sweep, runs):
     counts = {}
     for r in runs:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    order = ("done", "diverged", "interrupted", "running_or_killed", "pending", "config_changed", "damaged")
+    order = ("done", "diverged", "running", "interrupted", "running_or_killed", "pending", "config_changed",
+             "damaged")
     print(f"{sweep['study']}: {len(runs)} runs in {study_dir} (" +
           ", ".join(f"{counts[s]} {s}" for s in order if s in counts) + ")")
     if sweep["params"]:
@@ -713,8 +725,10 @@ def last_step(folder):
 
 
 def run_local(sweep, runs, todo, jobs):
-    """Run the pending runs here, `jobs` at a time, each with cores // jobs threads. Returns the exit status:
-    0 all finished, 1 some failed, 75 stopped by SIGINT/SIGTERM (the same command resumes)."""
+    """Run the pending runs here, `jobs` at a time, each with cores // jobs threads. A run that another process
+    trains or has finished meanwhile (a second sweep, a job on the cluster) is left to it: checked before each
+    start, and by train.py's own lock (exit 75 without our SIGTERM). Returns the exit status: 0 all finished (here
+    or elsewhere), 1 some failed, 75 stopped by SIGINT/SIGTERM (the same command resumes)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // jobs)
     log_dir = os.path.join(os.path.dirname(runs[0]["folder"]), "_sweep", "logs")
@@ -722,7 +736,8 @@ def run_local(sweep, runs, todo, jobs):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print(f"{sweep['study']}: {len(todo)} of {len(runs)} runs to do, {jobs} at a time x {threads} thread"
           f"{'s' if threads > 1 else ''} ({cores} cores); logs in {log_dir}/", flush=True)
-    queue, running, outcome = list(todo), {}, {"finished": [], "failed": [], "stopped": []}
+    queue, running, outcome = list(todo), {}, {"finished": [], "failed": [], "stopped": [], "elsewhere": []}
+    counted = lambda: len(outcome["finished"]) + len(outcome["failed"]) + len(outcome["elsewhere"])
     stop = []
     handlers = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     start = last_report = time.time()
@@ -732,6 +747,12 @@ def run_local(sweep, runs, todo, jobs):
         while running or (queue and not stop):
             while queue and len(running) < jobs and not stop:
                 run = queue.pop(0)
+                status, detail = run_status(run)
+                if status in ("done", "diverged", "running"):  # since the sweep started: another process has it
+                    outcome["elsewhere"].append((run, None))
+                    print(f"{clock()} skip    {run['name']}  " + (f"running {detail}" if status == "running" else
+                          f"finished by another process: {detail}") + f"  [{counted()}/{len(todo)}]", flush=True)
+                    continue
                 log = open(os.path.join(log_dir, f"{run['name']}.log"), "a")
                 cmd = [sys.executable, os.path.join(REPO, "train.py")] + run["args"] + [f"--num_threads={threads}"]
                 # own session: a Ctrl-C reaches sweep.py alone, which then stops each run once, cleanly
@@ -751,12 +772,14 @@ def run_local(sweep, runs, todo, jobs):
                 status, detail = run_status(run)
                 kind = "finished" if proc.returncode == 0 else "stopped" if proc.returncode == train.EXIT_INTERRUPTED \
                     else "failed"
+                if kind == "stopped" and not stopping and status in ("done", "diverged", "running"):
+                    kind = "elsewhere"  # train.py found the folder owned by another process (its lock)
                 outcome[kind].append((run, proc.returncode))
-                n = len(outcome["finished"]) + len(outcome["failed"])
                 word = {"finished": "diverged" if status == "diverged" else "done", "stopped": "stopped",
-                        "failed": "FAILED"}[kind]
-                what = detail if kind != "failed" else f"exit {proc.returncode}"
-                print(f"{clock()} {word:<7} {run['name']}  {what}, {time.time() - t0:.0f}s  [{n}/{len(todo)}]",
+                        "failed": "FAILED", "elsewhere": "skip"}[kind]
+                what = {"failed": f"exit {proc.returncode}", "elsewhere": f"running {detail}" if status == "running"
+                        else f"finished by another process: {detail}"}.get(kind, detail)
+                print(f"{clock()} {word:<7} {run['name']}  {what}, {time.time() - t0:.0f}s  [{counted()}/{len(todo)}]",
                       flush=True)
             if running and time.time() - last_report > 30:
                 last_report = time.time()
@@ -765,8 +788,9 @@ def run_local(sweep, runs, todo, jobs):
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    not_done = len(todo) - len(outcome["finished"]) - len(outcome["failed"])
+    not_done = len(todo) - counted()
     print(f"{sweep['study']}: {len(outcome['finished'])} finished, {len(outcome['failed'])} failed"
+          + (f", {len(outcome['elsewhere'])} left to another process" if outcome["elsewhere"] else "")
           + (f", {not_done} not finished (run the same command to resume)" if not_done else "")
           + f" in {time.time() - start:.0f}s")
     for run, code in outcome["failed"]:
@@ -884,16 +908,20 @@ def main(argv=None):
         study_dir = os.path.dirname(runs[0]["folder"])
         if changed:
             raise config_changed_error(changed, study_dir)
-        todo = [r for r in runs if r["status"] not in ("done", "diverged")]
+        todo = [r for r in runs if r["status"] not in ("done", "diverged", "running")]
+        busy = [r for r in runs if r["status"] == "running"]  # another live process owns these: leave them to it
+        for r in busy:
+            print(f"skip {r['name']}: running {r['detail']}", file=sys.stdout if args.local else sys.stderr)
+        finished = f"all {len(runs)} runs are finished" if not busy else \
+            f"{len(runs) - len(busy)} runs are finished, {len(busy)} running in another process"
         if args.local:
             if not todo:
-                print(f"{sweep['study']}: all {len(runs)} runs are finished ({study_dir})")
+                print(f"{sweep['study']}: {finished} ({study_dir})")
                 return 0
             prepare_embedded(todo)
             return run_local(sweep, runs, todo, args.jobs or 1)
         if not todo:
-            print(f"{sweep['study']}: all {len(runs)} runs are finished ({study_dir}); nothing to submit",
-                  file=sys.stderr)
+            print(f"{sweep['study']}: {finished} ({study_dir}); nothing to submit", file=sys.stderr)
             return 0
         if not os.path.samefile(os.getcwd(), REPO):
             raise UserError(f"run sweep.py from the repository root ({REPO}) to submit: the job runs train.py and "
@@ -903,8 +931,9 @@ def main(argv=None):
         script = sbatch_script(sweep, runs, todo, args, command)
         sys.stdout.write(script)
         sys.stdout.flush()
-        print(f"{sweep['study']}: a job array of {len(todo)} runs ({len(runs) - len(todo)} already finished); "
-              f"logs will be in {study_dir}/_sweep/logs/", file=sys.stderr)
+        print(f"{sweep['study']}: a job array of {len(todo)} runs ({len(runs) - len(todo) - len(busy)} already "
+              f"finished{f', {len(busy)} running in another process' if busy else ''}); logs will be in "
+              f"{study_dir}/_sweep/logs/", file=sys.stderr)
         return 0
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -13,7 +13,8 @@
 #   The shell only waits for the command to finish its checkpoint before the step ends.
 # - A plain `scancel` is not undone: only the time-limit warning leads to a self-requeue.
 # Environment: TRAIN_PYTHON (default python) runs train.py; SWEEP_MAX_REQUEUES (default 50) bounds the
-# self-requeues of a run that makes no progress.
+# self-requeues of a run that makes no progress; TORCH_ELASTIC_SHUTDOWN_TIMEOUT (default here 600 s) is how long
+# torchrun waits for its workers' checkpoints after SIGTERM before killing them.
 
 run_requeueable() {
     local warned=0 trapped pid status rc=""
@@ -59,6 +60,10 @@ run_train() {
         export OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads
     fi
     if [ "$nproc" -gt 1 ]; then
+        # torchrun kills its workers 30 s after passing SIGTERM on (its default): less than SLURM's warning
+        # (--signal=B:USR1@120) and maybe less than a large checkpoint takes. Wait longer than any warning here;
+        # SLURM's own kill at the time limit (or after KillWait on preemption) bounds a run that never exits.
+        export TORCH_ELASTIC_SHUTDOWN_TIMEOUT=${TORCH_ELASTIC_SHUTDOWN_TIMEOUT:-600}
         run_requeueable "$python" -m torch.distributed.run --standalone --nproc_per_node="$nproc" train.py "$@"
     else
         run_requeueable "$python" train.py "$@"

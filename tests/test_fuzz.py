@@ -139,7 +139,7 @@ def write_run_folder(root, name, status="completed", n_rows=4):
 def read_everything(root, folder, config):
     """Every reader of run folders in the toolkit, as analyze.py, fit_scaling.py and sweep.py --list call them."""
     run = results.read_run(folder)
-    assert set(run) == {"path", "name", "config", "derived", "final", "status", "metrics", "problems"}
+    assert set(run) == {"path", "name", "config", "derived", "final", "status", "metrics", "anneal", "problems"}
     assert run["config"] is None or isinstance(run["config"], dict)
     assert run["final"] is None or isinstance(run["final"], dict)
     assert isinstance(run["derived"], dict) and all(isinstance(p, str) for p in run["problems"])

@@ -55,7 +55,7 @@ def test_mup_at_the_base_width_is_the_standard_model(init, tie, optimizer):
         [(g["lr_mult"], g["weight_decay"], len(g["params"])) for g in groups_b]
     assert {g["lr_mult"] for g in groups_b} == {1.0}
     idx = tokens()
-    assert torch.equal(a(idx, idx)[0], b(idx, idx)[0])  # bit-identical outputs
+    assert torch.equal(a(idx)[0], b(idx)[0])  # bit-identical outputs
     # and bit-identical training: three steps of the real optimizer and schedule
     for net, c in ((a, sp), (b, mup)):
         opt = train.make_optimizer(net, c, "cpu")
@@ -115,6 +115,38 @@ def test_mup_attention_uses_one_over_head_dim():
     torch.testing.assert_close(attn(x), attn.proj(y), rtol=1e-5, atol=1e-6)
     assert build(config(128, False)).blocks[0].attn.scale is None  # SP: SDPA's 1/sqrt(d_head)
     assert build(config(32, True, base=32)).blocks[0].attn.scale is None  # muP at the base: the same
+
+
+def test_mup_attention_scale_when_widths_keep_the_head_size():
+    """The width presets (configs/widths/) keep the head size and add heads: mup_base_head_dim names the base
+    model's head size and the scale is matched to it, not derived from this model's n_head (issue 17 (c))."""
+    def scale(**kw):
+        return build(config(256, True, base=64, n_head=4, **kw)).blocks[0].attn.scale
+    assert scale(mup_base_head_dim=64) is None  # the base's head size: its very attention, 1/sqrt(64)
+    assert scale(mup_base_head_dim=32) == pytest.approx(math.sqrt(32) / 64)  # base 64d preset: 2 heads of 32
+    assert scale() == pytest.approx(math.sqrt(16) / 64)  # default: heads kept, base head size 64 // 4
+    preset = ["--use_mup=True", "--n_embd=768", "--n_head=12", "--mup_base_width=64", "--max_iters=1"]
+    assert train.resolve_config(preset + ["--mup_base_head_dim=32"])["mup_base_head_dim"] == 32
+    with pytest.raises(train.UserError, match="set mup_base_head_dim"):  # 64 / 12 heads: only with the key
+        train.resolve_config(preset)
+
+
+def test_mup_adamw_decays_hidden_matrices_as_the_base_width_does():
+    """Issue 17 (b): with zero gradients an AdamW step only decays, p <- p (1 - lr x wd). Under muP the hidden
+    matrices' lr is lr / width_mult, so their weight decay is wd x width_mult: the same factor at every width."""
+    for width in (32, 128):  # base width, and width_mult 4
+        c = config(width, True, base=32, optimizer="adamw", weight_decay=0.1, learning_rate=1e-2)
+        net = build(c)
+        opt = train.make_optimizer(net, c, "cpu")
+        for group in opt.param_groups:
+            group["lr"] = c["learning_rate"] * group["lr_mult"]
+        before = {name: p.detach().clone() for name, p in net.named_parameters()}
+        for p in net.parameters():
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        for name, p, kind, _ in net.param_info():
+            factor = 1 - 1e-2 * 0.1 if kind == "hidden" else 1.0  # tied embedding and vectors: not decayed
+            torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-6, atol=0, msg=name)
 
 
 @pytest.mark.parametrize("tie", [True, False])

@@ -6,9 +6,11 @@ import itertools
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
+import time
 
 import hypothesis
 import hypothesis.strategies
@@ -223,6 +225,51 @@ def test_not_utf8_beyond_the_first_8kb_is_one_clear_error(tmp_path):
         prepare.prepare("text", data_dir=str(tmp_path / "data"),
                         path=[str(tmp_path / "a.txt"), str(tmp_path / "b.txt")])
     assert os.listdir(tmp_path / "data") == []  # the temporary build was removed
+
+
+def doc_bytes(ids):
+    """Byte-token bins back into documents, as raw bytes (no decoding)."""
+    ids = np.asarray(ids)
+    ends = np.flatnonzero(ids == prepare.BYTE_EOT)
+    return [ids[a + 1 if i else 0:b].astype(np.uint8).tobytes() for i, (a, b) in enumerate(zip([0, *ends], ends))]
+
+
+def test_a_file_that_is_not_utf8_is_named_and_errors_replace_takes_it(tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    files = {"good.txt": "hello world\n".encode(), "latin1.txt": "café au lait\n".encode("latin-1"),
+             "more.txt": "Grüße\n".encode()}
+    for name, data in files.items():
+        (corpus / name).write_bytes(data)
+    (corpus / "image.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00binary")  # NUL: binary, skipped
+    data = str(tmp_path / "data")
+    assert prepare.main(["text", "--path", str(corpus), "--data_dir", data]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: 1 file(s) in --path are not UTF-8 text, e.g. ") and \
+        "latin1.txt (byte 0xe9 at offset 3)" in err and "--errors replace" in err
+    assert not os.path.exists(data) or os.listdir(data) == []
+
+    ds = build("text", data, path=[str(corpus)], errors="replace")  # byte tokens: the bytes as they are
+    assert sorted(doc_bytes(ds["train"]) + doc_bytes(ds["val"])) == sorted(files.values())
+    assert ds["meta"]["options"]["errors"] == "replace"
+    if GPT2_PROBLEM is None:  # gpt2 needs text: each bad byte becomes U+FFFD
+        ds = build("text", data, path=[str(corpus)], errors="replace", tokenizer="gpt2", name="gpt2")
+        docs = documents(ds["meta"], ds["train"]) + documents(ds["meta"], ds["val"])
+        assert "caf\ufffd au lait\n" in docs and "Grüße\n" in docs
+
+    # a dataset built before --errors existed (no 'errors' in its options) is what strict builds: reused
+    del files["latin1.txt"]
+    os.remove(corpus / "latin1.txt")
+    build("text", data, path=[str(corpus)], name="old")
+    meta_path = os.path.join(data, "old", "meta.json")
+    with open(meta_path) as f:
+        meta = json.load(f)
+    del meta["options"]["errors"]
+    with open(meta_path, "w") as f:
+        json.dump(meta, f)
+    capsys.readouterr()
+    prepare.prepare("text", data_dir=data, path=[str(corpus)], name="old")
+    assert "up to date" in capsys.readouterr().out
 
 
 def test_dtype_choice_and_uint32_bins(tmp_path, monkeypatch):
@@ -575,3 +622,142 @@ def test_stdlib_builds_and_splits_by_file(tmp_path):
     assert train == collections.Counter(t for k, t in files.items() if not in_val(k))
     assert meta["inputs"]["files"] == len(files) and meta["python"] == sys.version.split()[0]
     assert meta["tokenizer"] == "byte" and 0.02 < sum(val.values()) / len(files) < 0.1
+
+
+
+# ----------------------------------------------------------------------------- offline compute nodes
+
+def offline_env(tmp_path, **changes):
+    """No network (a refusing proxy and Hub endpoint), an empty Hugging Face home."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HTTP", "http"))}
+    env.update(HTTPS_PROXY="http://127.0.0.1:9", HF_ENDPOINT="http://127.0.0.1:9", HF_HOME=str(tmp_path / "hf_home"),
+               **changes)
+    return env
+
+
+def prepare_cli(args, env, timeout=120):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "prepare.py"), *args], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def test_gpt2_tokenizer_missing_offline_is_one_line_at_once(tmp_path):
+    (tmp_path / "a.txt").write_text("some text\n" * 50)
+    empty = tmp_path / "empty_cache"
+    empty.mkdir()
+    t0 = time.time()
+    out = prepare_cli(["text", "--path", str(tmp_path / "a.txt"), "--tokenizer", "gpt2", "--data_dir",
+                       str(tmp_path / "data")], offline_env(tmp_path, TIKTOKEN_CACHE_DIR=str(empty)))
+    seconds = time.time() - t0
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert out.stderr.startswith(f"error: the GPT-2 tokenizer is not in the tiktoken cache ({empty}) and cannot be "
+                                 f"downloaded (cannot reach 127.0.0.1:9")
+    assert f"`{prepare.TIKTOKEN_MAKE_CACHE}`" in out.stderr and "--tokenizer byte" in out.stderr
+    assert seconds < 30 and not os.listdir(tmp_path / "data")  # no download attempt, nothing left
+
+    # the cache as documented: r50k_base's one file, named by the sha1 of its URL, is all an offline node needs
+    shared = os.path.join(TIKTOKEN_CACHE, hashlib.sha1(prepare.TIKTOKEN_FILES["r50k_base"][0].encode()).hexdigest())
+    if not os.path.isfile(shared):
+        pytest.skip(f"no r50k_base file in {TIKTOKEN_CACHE} to build an offline cache from")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(shared, cache / os.path.basename(shared))
+    out = prepare_cli(["text", "--path", str(tmp_path / "a.txt"), "--tokenizer", "gpt2", "--data_dir",
+                       str(tmp_path / "data")], offline_env(tmp_path, TIKTOKEN_CACHE_DIR=str(cache)))
+    assert out.returncode == 0, out.stderr
+    assert prepare.load_dataset(str(tmp_path / "data"), "text")["meta"]["tokenizer"] == "r50k_base"
+
+
+def texts_of(ds):
+    return documents(ds["meta"], ds["train"]), documents(ds["meta"], ds["val"])
+
+
+def in_val_text(text, val_frac=0.05):  # the documented rule for sources without a validation split
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2 ** 64 < val_frac
+
+
+def test_hf_local_save_to_disk_parquet_jsonl_csv_folders(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    stories = [f"story {i}: once upon a time\n" for i in range(80)]
+    held_out = [f"held out {i}\n" for i in range(6)]
+    d = tmp_path / "src"
+    data = str(tmp_path / "data")
+    split = lambda texts: datasets.Dataset.from_dict({"text": texts, "n": list(range(len(texts)))})
+
+    # a DatasetDict saved to disk: train, its own validation split (a test split is left alone); empty text skipped
+    datasets.DatasetDict({"train": split(stories + [""]), "validation": split(held_out),
+                          "test": split(["test only\n"])}).save_to_disk(str(d / "saved"))
+    ds = build("hf_local", data, path=[str(d / "saved")], tokenizer="byte", name="saved")
+    assert texts_of(ds) == (stories, held_out)
+    assert ds["meta"]["inputs"]["files"] > 0 and ds["meta"]["options"]["text_column"] == "text"
+    capsys.readouterr()
+    prepare.prepare("hf_local", data_dir=data, path=[str(d / "saved")], tokenizer="byte", name="saved")
+    assert "up to date" in capsys.readouterr().out  # offline re-runs reuse it
+
+    # a Dataset saved to disk, no validation split: split by a hash of each text
+    split(stories).save_to_disk(str(d / "train_only"))
+    ds = build("hf_local", data, path=[str(d / "train_only")], tokenizer="byte", name="hashed")
+    assert texts_of(ds) == ([t for t in stories if not in_val_text(t)], [t for t in stories if in_val_text(t)])
+
+    # parquet files (another column) with --val_path jsonl; --max_docs caps the training documents
+    for i in range(2):
+        datasets.Dataset.from_dict({"story": stories[40 * i:40 * (i + 1)]}).to_parquet(str(d / f"part{i}.parquet"))
+    datasets.Dataset.from_dict({"story": held_out}).to_json(str(d / "held_out.jsonl"))
+    ds = build("hf_local", data, path=[str(d / "part*.parquet")], val_path=[str(d / "held_out.jsonl")],
+               text_column="story", tokenizer="byte", max_docs=50, name="files")
+    assert texts_of(ds) == (stories[:50], held_out[:3])  # val capped at ceil(50 * 0.05)
+
+    # a folder as `hf download --repo-type dataset` leaves it: splits from its README's configs (names that file
+    # names alone would not give), a hidden .cache folder; and a folder whose file names give the splits
+    (d / "repo" / "data").mkdir(parents=True)
+    (d / "repo" / ".cache" / "huggingface").mkdir(parents=True)
+    (d / "repo" / ".cache" / "huggingface" / "x.lock").write_text("")
+    (d / "repo" / "README.md").write_text(
+        "---\nconfigs:\n- config_name: default\n  data_files:\n  - split: train\n    path: data/stories-*\n"
+        "  - split: validation\n    path: data/kept-*\n---\n")
+    split(stories).to_parquet(str(d / "repo" / "data" / "stories-00000-of-00001.parquet"))
+    split(held_out).to_parquet(str(d / "repo" / "data" / "kept-00000-of-00001.parquet"))
+    assert texts_of(build("hf_local", data, path=[str(d / "repo")], tokenizer="byte", name="repo")) == \
+        (stories, held_out)
+    (d / "named").mkdir()
+    split(stories).to_csv(str(d / "named" / "train.csv"))
+    split(held_out).to_csv(str(d / "named" / "validation.csv"))
+    assert texts_of(build("hf_local", data, path=[str(d / "named")], tokenizer="byte", name="named")) == \
+        (stories, held_out)
+
+    for options, message in [
+        (dict(path=[str(d / "saved")], text_column="txt"), r"has no column 'txt' \(did you mean 'text'\?\); its col"),
+        (dict(path=[str(d / "saved")], text_column="n"), r"column 'n' of .* holds int values, not text"),
+        (dict(path=[str(d / "named" / "train.csv"), str(d / "part0.parquet")]), r"mixes formats \(csv, parquet\)"),
+        (dict(path=[str(d / "notes.txt")]), r"--path .*notes.txt matches no file or folder"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            prepare.prepare("hf_local", data_dir=data, name="bad", tokenizer="byte", **options)
+    datasets.DatasetDict({"test": split(held_out)}).save_to_disk(str(d / "no_train"))
+    capsys.readouterr()  # the progress bars of save_to_disk
+    assert prepare.main(["hf_local", "--path", str(d / "no_train"), "--data_dir", data, "--tokenizer", "byte"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "has the splits test but no 'train' split" in err
+    assert sorted(os.listdir(data)) == ["files", "hashed", "named", "repo", "saved"]  # nothing left by failures
+
+
+def test_hub_source_from_the_datasets_cache_offline(tmp_path):
+    """HF_DATASETS_OFFLINE=1 and no network: tinystories (a streamed source) from what
+    `datasets.load_dataset('roneneldan/TinyStories')` leaves in the datasets cache, made here from local files."""
+    datasets = pytest.importorskip("datasets")
+    from datasets.packaged_modules.json.json import Json
+    train = [f"tiny story {i}\n" for i in range(30)]
+    val = [f"validation story {i}\n" for i in range(4)]
+    files = {}
+    for split, texts in (("train", train), ("validation", val)):
+        files[split] = str(tmp_path / f"{split}.jsonl")
+        datasets.Dataset.from_dict({"text": texts}).to_json(files[split])
+    built = tmp_path / "built"
+    builder = Json(cache_dir=str(built), dataset_name="tiny_stories", config_name="default", data_files=files,
+                   hash="0123abcd")
+    builder.download_and_prepare()
+    cache = tmp_path / "cache"  # the layout of the Hub's copy: <namespace>___<name>/<config>/<version>/<hash>
+    shutil.copytree(builder.cache_dir, cache / "roneneldan___tiny_stories" / "default" / "0.0.0" / "0123abcd")
+    out = prepare_cli(["tinystories", "--tokenizer", "byte", "--data_dir", str(tmp_path / "data")],
+                      offline_env(tmp_path, HF_DATASETS_OFFLINE="1", HF_DATASETS_CACHE=str(cache)))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert texts_of(prepare.load_dataset(str(tmp_path / "data"), "tinystories")) == (train, val)
