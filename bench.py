@@ -8,6 +8,7 @@ metrics.csv's elapsed_s.
     python bench.py configs/modern.py --n_embd=256 --n_layer=6 --n_head=4
     python bench.py --suite                            # the README's table: train.py vs a nanoGPT-class loop
     python bench.py --profile configs/modern.py        # torch profiler: where a step's time goes
+    python bench.py --gpu_check                        # the CUDA paths' acceptance check on one GPU (README "CUDA")
 
 --suite times, side by side and interleaved (so a busy machine slows both alike), train.py against a reference
 loop written the way nanoGPT-class trainers are (GPT-2 block, learned positions, GELU, LayerNorm with biases,
@@ -496,7 +497,8 @@ def check_gpt2(ctx):
         (f", MFU {mfu:.1f}% of {peak / 1e12:.3g} TFLOP/s" if mfu is not None else ", MFU unknown (peak not known)")
     name = torch.cuda.get_device_name(device) if device.startswith("cuda") else ""
     if re.search(r"\bH[12]00\b", name):
-        return got, "MFU about 40-55% on an H100/H200 (an estimate, not yet measured)", 35 <= mfu <= 60
+        return got, "MFU about 40-55% on an H100/H200 (an estimate, not yet measured)", \
+            mfu is not None and 35 <= mfu <= 60
     return got, "MFU <= 100%", r["tokens_per_s"] > 0 and (mfu is None or mfu <= 100 or not ctx["cuda"])
 
 

@@ -561,6 +561,10 @@ def identification_problems(out, losses, level):
 
 
 def fit_approach3(name, fam, args, rng):
+    """Approach 3 on a family's points (select_points' arrays; those approach 3 does not use are left out
+    here) with bootstrap intervals, the allocation and the identification check; or its refusal."""
+    if "kind" in fam:
+        fam = subset(fam, approach3_mask(fam, args))
     refusal = approach3_refusal(fam["N"], fam["D"])
     if refusal:
         return {"identified": False, "refused": refusal}
@@ -694,6 +698,10 @@ def one_size_warning(fam, idx):
 
 
 def fit_frontier(name, fam, args, rng):
+    """The frontier law on a family's points (the frontier's candidates are chosen here when fam has point
+    kinds), bootstrapped with the frontier re-selected in each resample."""
+    if "kind" in fam:
+        fam = subset(fam, frontier_mask(fam, args))
     idx, e_fixed = frontier_of(name, fam, args)
     C, L = fam["C"][idx], fam["L"][idx]
     log_x, log_l = np.log(C)[None, :], np.log(L)
@@ -1080,7 +1088,8 @@ def make_plots(families, used, fits, comparison, plot_dir, args):
     written = []
     colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(families)}
     units = "FLOPs, 6ND" if args.flops == "6nd" else "FLOPs"
-    which = "every evaluation" if args.all_points else "annealed and final"
+    which = "every evaluation" if args.all_points else \
+        "the CSV's" if getattr(args, "input_kind", "runs") == "csv" else "annealed and final"
 
     # loss vs compute per family: mid-schedule points faint, annealed/final points hollow, the frontier
     # outlined, the fitted frontier law (dashed beyond data)

@@ -418,6 +418,13 @@ def test_approach3_fits_annealed_points_not_mid_schedule_ones(study, tmp_path):
     for k in ("alpha", "beta"):
         error, biased = abs(default[k] - MODERN[k]), abs(every[k] - MODERN[k])
         assert error < 0.01 and biased > 2 * error + 0.005, (k, default[k], every[k])
+    # called on select_points' whole family (as progress.py does), the fits choose their own points
+    args = fs.parse_args([root, "--only", "modern", "--bootstrap", "0"])
+    skipped = {}
+    fam = fs.select_points(fs.read_run_points(root, args, skipped), args, skipped)["modern"]
+    fit = fs.fit_approach3("modern", fam, args, np.random.default_rng(0))
+    assert fit["n_points"] == 20 and fit["alpha"] == pytest.approx(default["alpha"], abs=1e-6)
+    assert fs.fit_frontier("modern", fam, args, np.random.default_rng(0))["point_kinds"]["eval"] == 0
 
 
 def test_run_rows_kinds(tmp_path):

@@ -297,7 +297,7 @@ def test_file_size_limit_is_one_line_and_earlier_results_are_intact(stdlib_data,
     assert out.returncode == 2
     assert_one_error_line(out.stderr, f"error: File too large while writing {folder}")
     assert comparable_rows(folder) == reference[0][0][:1]  # the row of step 20, written before the checkpoint
-    assert sorted(os.listdir(folder)) == ["config.json", "metrics.csv"]  # no half checkpoint left behind
+    assert sorted(os.listdir(folder)) == ["config.json", "metrics.csv", "run.lock"]  # no half checkpoint left
 
 
 # ----------------------------------------------------------------------------- DDP
