@@ -118,7 +118,7 @@ import numpy as np
 import scipy.stats
 
 import results
-from configurator import UserError
+from configurator import ArgumentParser, UserError
 
 CI_LEVEL = 0.95
 N_BOOTSTRAP = 10000
@@ -1802,11 +1802,6 @@ def write_csv(path, rows):
 # ----------------------------------------------------------------------------- main
 
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other bad input
-        raise UserError(f"{message} (python analyze.py --help lists the options)")
-
-
 def seed_list(text, flag):
     seeds = [t.strip() for t in text.split(",")]
     if not all(seeds):
@@ -1815,7 +1810,7 @@ def seed_list(text, flag):
 
 
 def parse_args(argv):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    p = ArgumentParser(prog="analyze.py", description=__doc__.split("\n\n")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="See the module docstring (top of analyze.py) for what is computed and how.")
     p.add_argument("results_dir", nargs="?", help="results folder, a study folder under it, or one run folder")

@@ -449,7 +449,7 @@ def check_flash(ctx):
         losses[backend] = loss.item()
     diff = abs(losses[SDPBackend.FLASH_ATTENTION] - losses[SDPBackend.MATH])
     tolerance = 0.02 if device.startswith("cuda") else 1e-4
-    return f"flash forward + backward ran; |loss diff| vs the math kernel {diff:.2g}", \
+    return f"flash forward + backward ran; loss difference from the math kernel {diff:.2g}", \
         f"runs; diff < {tolerance:g}", diff < tolerance
 
 
@@ -537,7 +537,7 @@ def check_fp16(ctx):
     a, b = finals["float16"], finals["bfloat16"]
     if a is None or b is None:  # results.finite_or_none: a non-finite loss is stored as None
         return f"val loss after {steps} steps: fp16 {a}, bf16 {b}", "both finite", False
-    return f"val loss after {steps} steps: fp16 {a:.4f}, bf16 {b:.4f}", "both finite, |diff| <= 0.05", \
+    return f"val loss after {steps} steps: fp16 {a:.4f}, bf16 {b:.4f}", "both finite, difference <= 0.05", \
         abs(a - b) <= 0.05
 
 
@@ -616,9 +616,13 @@ def gpu_check(opts, config_args):
     if not os.path.exists(os.path.join(opts.data_dir, "stdlib", "meta.json")):
         with contextlib.redirect_stdout(io.StringIO()):
             prepare.prepare("stdlib", data_dir=opts.data_dir)
-    tmp = tempfile.mkdtemp(prefix="gpu-check-")
     try:
         device = train.setup_device(train.resolve_config([f"--device={device_arg}"]))
+    except UserError as e:  # e.g. --device=cuda:3 on a machine with fewer GPUs
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tmp = tempfile.mkdtemp(prefix="gpu-check-")
+    try:
         ctx = {"cuda": cuda, "device": device, "device_arg": device_arg, "data_dir": opts.data_dir, "tmp": tmp,
                "sizes": gpu_sizes(cuda)}
         if cuda:
@@ -639,7 +643,8 @@ def gpu_check(opts, config_args):
                 got, want, ok = f"error: {type(e).__name__}: {first}", "", False
             verdict = "skip" if ok is None else "ok" if ok else "FAIL"
             failed += verdict == "FAIL"
-            print(f"| {name} | {got} | {want} | {verdict} ({time.perf_counter() - t0:.0f} s) |", flush=True)
+            cells = (str(c).replace("|", "/") for c in (got, want))  # a cell must not split the table
+            print(f"| {name} | {' | '.join(cells)} | {verdict} ({time.perf_counter() - t0:.0f} s) |", flush=True)
         print(f"{failed} check(s) failed" if failed else "all checks passed")
         return 1 if failed else 0
     finally:

@@ -11,6 +11,7 @@ and can pull in another file with include('other.py') (relative to the including
 sets must be a known key. sweep.py and bench.py use the same functions, so a sweep is validated exactly
 as the run it will launch.
 """
+import argparse
 import ast
 import difflib
 import os
@@ -153,3 +154,9 @@ def describe_keys(source_path, defaults):
                 comments[key] = line.split("#", 1)[1].strip()
     width = max(len(k) for k in defaults)
     return "\n".join(f"  {k:<{width}}  {defaults[k]!r:<14} {comments.get(k, '')}" for k in defaults)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse for the scripts: a bad option is one line and exit 2, like every other bad input."""
+    def error(self, message):
+        raise UserError(f"{message} (python {self.prog} --help lists the options)")

@@ -87,7 +87,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 import results
-from configurator import UserError
+from configurator import ArgumentParser, UserError
 
 HUBER_DELTA = 1e-3
 # Besiroglu et al.'s grid of initialisations (np.arange, so the upper ends are excluded): 4500 starts.
@@ -1249,13 +1249,8 @@ def save(fig, plot_dir, name):
 
 # ----------------------------------------------------------------------------- main
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other bad input
-        raise UserError(f"{message} (python fit_scaling.py --help)")
-
-
 def parse_args(argv):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    p = ArgumentParser(prog="fit_scaling.py", description=__doc__.split("\n\n")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="a results folder (run folders under it) or a CSV file")
     p.add_argument("--params", choices=["total", "non_embedding"], default="total",

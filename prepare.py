@@ -129,7 +129,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from configurator import UserError, closest_key
+from configurator import ArgumentParser, UserError, closest_key
 from results import read_json, write_json
 
 FORMAT_VERSION = 1
@@ -1249,11 +1249,6 @@ def decode(meta, ids):
 
 
 # ----------------------------------------------------------------------------- command line
-
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other bad input
-        raise UserError(f"{message} (python prepare.py --help)")
-
 
 def main(argv=None):
     parser = ArgumentParser(prog="prepare.py", description=__doc__, allow_abbrev=False,

@@ -70,7 +70,7 @@ from scipy.stats import norm
 
 import configurator
 import results
-from configurator import UserError
+from configurator import ArgumentParser, UserError
 from fit_scaling import fmt
 
 LEDGER_KEYS = ("title", "source", "compute", "compute_growth", "period", "innovations", "normalize",
@@ -783,13 +783,8 @@ def make_plots(ledger, out, curves_data, sens, plot_dir):
 
 # ----------------------------------------------------------------------------- main
 
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit 2, like every other bad input
-        raise UserError(f"{message} (python progress.py --help)")
-
-
 def parse_args(argv):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(),
+    p = ArgumentParser(prog="progress.py", description=__doc__.split("\n\n")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ledger", help="a ledger file (configs/ledger/*.py)")
     p.add_argument("--from", dest="start", type=int, metavar="YEAR",

@@ -77,7 +77,7 @@ import types
 
 import results
 import train
-from configurator import UserError, closest_key, unknown_key_error
+from configurator import ArgumentParser, UserError, closest_key, unknown_key_error
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SWEEP = os.path.join("configs", "sweeps", "smoke.py")
@@ -818,13 +818,8 @@ def prepare_embedded(runs):
 
 
 # ----------------------------------------------------------------------------------------- command line
-class ArgumentParser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UserError(f"{message} (python sweep.py --help lists the options)")
-
-
 def parse_args(argv):
-    p = ArgumentParser(description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
+    p = ArgumentParser(prog="sweep.py", description=__doc__.split("\n\n")[0].strip(), allow_abbrev=False,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
                        epilog="Any train.py key: --key=value (every run) or --key=[v1,v2] (a grid axis). "
                               "The sweep-file format is in the module docstring (top of sweep.py).")

@@ -264,17 +264,18 @@ def test_sbatch_script_for_a_transformer_sweep(tmp_path, capsys):
     assert "#SBATCH --gres=gpu:4" in sbatch_lines(script)
 
 
-def test_sbatch_script_for_an_lstm_sweep_uses_the_ddp_template(tmp_path, capsys, data_dir):
+def test_sbatch_script_for_an_lstm_sweep_gets_one_gpu_unless_asked(tmp_path, capsys, data_dir):
     path = tiny_sweep(tmp_path, "base = ['configs/lstm.py']\ngrid = dict(gradient_accumulation_steps=[2, 4])\n",
                       data_dir)
     code, script, err = main(capsys, path, "--no_check")
     assert code == 0, err
-    assert "#SBATCH --gres=gpu:2" in sbatch_lines(script) and "#SBATCH --cpus-per-task=16" in sbatch_lines(script)
-    assert "from slurm/lstm_ddp.sbatch" in script
-    # DDP splits gradient accumulation across the GPUs: caught before submission
-    line = one_line_error(*main(capsys, path, "--no_check", "--gradient_accumulation_steps=3")[::2])
+    assert "#SBATCH --gres=gpu:1" in sbatch_lines(script) and "from slurm/train.sbatch" in script
+    assert main(capsys, path, "--no_check", "--gradient_accumulation_steps=3")[0] == 0
+    # DDP when asked: it splits gradient accumulation across the GPUs, caught before submission
+    code, script, err = main(capsys, path, "--no_check", "--gpus", "2")
+    assert code == 0 and "#SBATCH --gres=gpu:2" in sbatch_lines(script), err
+    line = one_line_error(*main(capsys, path, "--no_check", "--gpus", "2", "--gradient_accumulation_steps=3")[::2])
     assert "gradient_accumulation_steps=3 is not divisible by the 2 DDP processes" in line
-    assert main(capsys, path, "--no_check", "--gpus", "1", "--gradient_accumulation_steps=3")[0] == 0
 
 
 def fake_slurm_tools(tmp_path, monkeypatch, nodes, queued=""):
