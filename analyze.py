@@ -430,7 +430,8 @@ def lr_trend(table):
     """Per (study, label, arch) with >= 2 widths: least-squares fit log10(best LR) = a + b * log10(width),
     on the grid best LRs, plus the slope from the refined LRs when every width has one."""
     trends = []
-    swept = [r for r in table if r["best_lr"] is not None and r["n_lrs"] >= 2]  # one LR is not a sweep
+    # one LR is not a sweep (n_lrs: absent from JSON files of older versions)
+    swept = [r for r in table if r["best_lr"] is not None and r.get("n_lrs", len(r.get("lrs") or [])) >= 2]
     for (study, label, arch), rows in group(swept,
                                             lambda r: (r["study"], r["label"], r["arch"])).items():
         if len(rows) < 2:

@@ -13,9 +13,11 @@ metrics.csv's elapsed_s.
 --suite times, side by side and interleaved (so a busy machine slows both alike), train.py against a reference
 loop written the way nanoGPT-class trainers are (GPT-2 block, learned positions, GELU, LayerNorm with biases,
 AdamW as torch picks it by default, the memmap re-opened for every batch, a loss.item() per step), at 2L x 64,
-4L x 128 and 6L x 256 (block 128, batch 16), fp32, and train.py with dtype='auto'; then the LSTM at 2L x 256
-beside a plain nn.LSTM loop and the Transformer of similar parameter count. Ratios are what to read: the
-machine's load changes absolute numbers.
+4L x 128 and 6L x 256 (block 128, batch 16), fp32, and train.py with dtype='auto', fused and unfused
+(fused_loss=False); the same at 2L x 64 and 4L x 128 with GPT-2's vocabulary (the corpus tokenized with
+--tokenizer gpt2, prepared once: offline it needs TIKTOKEN_CACHE_DIR), with the peak memory of a step; then the
+LSTM at 2L x 256 beside a plain nn.LSTM loop and the Transformer of similar parameter count. Ratios are what to
+read: the machine's load changes absolute numbers.
 """
 import argparse
 import contextlib
@@ -179,14 +181,14 @@ def suite_device():
 
 def suite_rows(opts, data_dir, device, peak32, dataset, sizes, memory=False):
     """Rows of the suite on `dataset`, per (n_layer, n_embd, n_head, timed steps, warm-up steps): the reference,
-    train.py fp32, train.py dtype=auto, and dtype=auto with fused_loss=False (the full logits), interleaved
+    train.py fp32, train.py dtype=auto, and dtype=auto unfused (fused_loss=False: the full logits), interleaved
     opts.repeats times (medians shown; then the per-repeat ratios, to show the noise); memory: the peak memory of
     a step of each too (step_memory)."""
     path = os.path.join(data_dir, dataset, "train.bin")
     import prepare
     vocab = prepare.load_dataset(data_dir, dataset)["meta"]["vocab_size"]
     variants = {"fp32": ["--dtype=float32"], "auto": ["--dtype=auto"],
-                "auto, fused_loss=False": ["--dtype=auto", "--fused_loss=False"]}
+                "auto, unfused": ["--dtype=auto", "--fused_loss=False"]}
     for n_layer, d, n_head, steps, warm in sizes:
         base = [f"--n_layer={n_layer}", f"--n_embd={d}", f"--n_head={n_head}", "--block_size=128",
                 "--batch_size=16", "--bias=True", "--dropout=0.0", f"--dataset={dataset}"]
@@ -208,12 +210,12 @@ def suite_rows(opts, data_dir, device, peak32, dataset, sizes, memory=False):
                                                     "ms_per_step": 2048e3 / ref_tps}, peak32, step_mib=ref_mib)
         for name, r in runs.items():
             median = sorted(r, key=lambda x: x["tokens_per_s"])[len(r) // 2]
-            label = name.replace("auto", f"auto ({median['dtype']})")
+            label = f"auto ({median['dtype']})" if name == "auto" else name
             report(f"{n_layer}L x {d} train.py {label}", median, peak32, ref_tps, step_mib=mib.get(name))
         per_repeat = [(a["tokens_per_s"] / t, a["tokens_per_s"] / u["tokens_per_s"])
-                      for a, t, u in zip(runs["auto"], ref, runs["auto, fused_loss=False"])]
+                      for a, t, u in zip(runs["auto"], ref, runs["auto, unfused"])]
         print(f"    per repeat: auto over reference {' '.join(f'{x:.2f}x' for x, _ in per_repeat)}; auto over "
-              f"auto with fused_loss=False {' '.join(f'{y:.2f}x' for _, y in per_repeat)}", flush=True)
+              f"auto unfused {' '.join(f'{y:.2f}x' for _, y in per_repeat)}", flush=True)
 
 
 def step_memory(kind, args, data_dir):

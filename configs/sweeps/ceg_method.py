@@ -6,8 +6,11 @@ own final row) for about 1.2 runs' compute. Compare with study_ablations' mid-sc
 
     python sweep.py configs/sweeps/ceg_method.py --local -j 2
     python analyze.py results/ceg_method --baseline modern
+    python sweep.py configs/sweeps/ceg_method.py --local -j 2 --set schedule=cosine   # the same runs, cosine
+    python analyze.py results/ceg_method_cosine --baseline modern --method curve       # the mid-schedule CEG
 """
-study = "ceg_method"
+SCHEDULE = param("schedule", "wsd")  # wsd (annealed points) | cosine (one cosine run per seed: the mid-schedule method)
+study = "ceg_method" if SCHEDULE == "wsd" else f"ceg_method_{SCHEDULE}"
 W = param("width", 64)
 LR_SOURCE = param("lr_source", "results/study_lr")
 TOKENS_PER_STEP = 16 * 128  # train.py's batch_size x block_size, which the width presets keep
@@ -15,8 +18,9 @@ COOLDOWN_TOKENS = param("cooldown_tokens", [375_000, 750_000, 1_500_000])
 WSD = dict(lr_schedule="wsd", decay_frac=0.2, decay_shape=param("decay_shape", "1-sqrt"),
            warmup_iters=73,  # the 5% warmup of study_ablations' 3M-token cosine runs, fixed in steps
            cooldowns=[round(t / TOKENS_PER_STEP) for t in COOLDOWN_TOKENS])
+SCHEDULE_KEYS = WSD if SCHEDULE == "wsd" else dict(lr_schedule=SCHEDULE)
 runs = [dict(config=[v["config"], f"configs/widths/{W}d.py"], label=v["label"],
-             learning_rate=best_lr(LR_SOURCE, W, label=v["label"], use="refined"), **WSD)  # after modern.py's cosine
+             learning_rate=best_lr(LR_SOURCE, W, label=v["label"], use="refined"), **SCHEDULE_KEYS)  # after modern.py's cosine
         for v in variants("configs/modern.py", "configs/ablations/modern_minus_rope.py",
                           "configs/ablations/modern_minus_swiglu.py")]
 fixed = dict(dataset="stdlib", max_tokens=param("tokens", 3_000_000), eval_interval=100, eval_iters=10,
