@@ -222,12 +222,15 @@ def step_memory(kind, args, data_dir):
     """Peak memory of one training step in MiB, above what the process holds between steps (model, optimizer
     state): measured in a fresh process, after two warm-up steps, as the high-water mark of its resident set
     (Linux /proc/self/status VmHWM, reset through /proc/self/clear_refs) minus the resident set before the
-    step; on CUDA, torch.cuda.max_memory_allocated. kind: 'train' (train.py's model, optimizer and dtype, from
-    train.py arguments) or 'reference' (RefGPT and its loop). None where it cannot be measured."""
+    step, with glibc told to return every block of 64 KiB or more to the system when it is freed (so that memory
+    a previous step freed is not counted as held); on CUDA, torch.cuda.max_memory_allocated. kind: 'train'
+    (train.py's model, optimizer and dtype, from train.py arguments) or 'reference' (RefGPT and its loop).
+    None where it cannot be measured."""
     code = "import json, sys; sys.path.insert(0, sys.argv[1]); import bench; " \
         "bench.print_step_memory(*json.loads(sys.argv[2]))"
     out = subprocess.run([sys.executable, "-c", code, os.path.dirname(os.path.abspath(__file__)),
-                          json.dumps([kind, list(args), data_dir])], capture_output=True, text=True)
+                          json.dumps([kind, list(args), data_dir])], capture_output=True, text=True,
+                         env={**os.environ, "MALLOC_MMAP_THRESHOLD_": str(64 << 10)})
     return int(out.stdout.split()[-1]) / 2 ** 20 if out.returncode == 0 and out.stdout.strip() else None
 
 

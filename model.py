@@ -28,11 +28,13 @@ INITS = ("transformer", "xavier_normal", "kaiming_normal", "pytorch")
 
 
 # ------------------------------------------------------------------------------------------- head + loss
-# Logits per chunk of the fused head + cross-entropy (rows = these // vocabulary): a block of rows per matmul, and
-# per softmax pass a part of it small enough to stay in cache (README "Performance", GPT-2 vocabulary: measured
-# on CPU; the CUDA values are a starting point, not measured).
-FUSED_LOGITS_PER_BLOCK = {"cpu": 256 * 50257, "cuda": 4096 * 50257}
-FUSED_LOGITS_PER_PASS = {"cpu": 32 * 50257, "cuda": 4096 * 50257}
+# Chunks of the fused head + cross-entropy, in bytes of logits: a block of rows per matmul (logits in the matmul
+# dtype) and, within it, a part per softmax pass (fp32) small enough to stay in cache. Measured on this project's
+# CPU (32 MB L3, 1 MB L2 per core; README "Performance", GPT-2 vocabulary): passes of 3-13 MB are fastest, blocks
+# up to the L3's size (fp32: 128 rows of 50257, bf16: 256-512). CUDA: not measured; a GPU's cache holds no block,
+# so its chunks only bound memory and keep kernels large.
+FUSED_BLOCK_BYTES = {"cpu": 24 << 20, "cuda": 512 << 20}
+FUSED_PASS_BYTES = {"cpu": 6 << 20, "cuda": 512 << 20}
 
 
 def head_and_loss(x, weight, bias, targets, fused=True):
@@ -54,8 +56,9 @@ def linear_cross_entropy(x, weight, bias, targets):
     chunk of rows at a time (chunked_cross_entropy); matmuls in the autocast dtype, if any."""
     device = x.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    block_rows = max(1, FUSED_LOGITS_PER_BLOCK.get(device, FUSED_LOGITS_PER_BLOCK["cuda"]) // weight.shape[0])
-    pass_rows = max(1, FUSED_LOGITS_PER_PASS.get(device, FUSED_LOGITS_PER_PASS["cuda"]) // weight.shape[0])
+    row_bytes = weight.shape[0] * torch.finfo(dtype).bits // 8
+    block_rows = max(1, FUSED_BLOCK_BYTES.get(device, FUSED_BLOCK_BYTES["cuda"]) // row_bytes)
+    pass_rows = max(1, FUSED_PASS_BYTES.get(device, FUSED_PASS_BYTES["cuda"]) // (4 * weight.shape[0]))
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return LinearCrossEntropy.apply(x, weight, bias, targets, dtype, block_rows, pass_rows)
     with torch.autocast(device, enabled=False):

@@ -25,8 +25,8 @@ V, B, T = 300, 2, 23  # 46 rows: blocks of 7 rows (the last 4) in passes of 3 (t
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    monkeypatch.setitem(model.FUSED_LOGITS_PER_BLOCK, "cpu", 7 * V)
-    monkeypatch.setitem(model.FUSED_LOGITS_PER_PASS, "cpu", 3 * V)
+    monkeypatch.setitem(model.FUSED_BLOCK_BYTES, "cpu", 7 * V * 4)  # fp32 logits of 7 rows (bf16: 14)
+    monkeypatch.setitem(model.FUSED_PASS_BYTES, "cpu", 3 * V * 4)
 
 
 CASES = {

@@ -97,7 +97,11 @@ def test_layerwise_presets_give_each_group_its_absolute_lr(name):
     assert config["weight_decay"] == 0.5 and config["max_iters"] == 7500
 
 
-def test_answer_head_needs_answers_that_come_first():
+def test_answer_head_needs_answers_that_come_first(tmp_path):
+    for source, options, answers in (("modular", dict(op="div", p=5), 5), ("permutation", dict(n=3), 6)):
+        folder = prepare.prepare(source, data_dir=str(tmp_path), **options)
+        data = prepare.load_dataset(str(tmp_path), os.path.basename(folder))
+        assert train.answer_vocab_size(data, source) == answers == data["meta"]["vocab_size"] - 2  # not op, =
     rows = np.array([[0, 3, 1, 4, 2], [1, 3, 1, 4, 0], [2, 3, 2, 4, 1]])
     meta = {"kind": "rows", "supervised_positions": [4]}
     assert train.answer_vocab_size({"meta": meta, "train": rows[:2], "val": rows[2:]}, "t") == 3
