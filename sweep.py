@@ -25,7 +25,7 @@ list of override dicts (bundles such as width(64)). Lower-case names in a sweep 
 names in CAPITALS or starting with _ are the file's own. Helpers in scope (defined below): lr_grid, width,
 variants, best_lr (the two-stage recipe), param.
 
-Run names: train.py's {label}_{n_embd}d_lr{learning_rate:.1e}_s{seed}, plus `_<key><value>` for whatever else
+Run names: train.py's {label}_{n_embd}d_lr{learning_rate}_s{seed} (LR as 1.0e-03, more digits when needed), plus `_<key><value>` for whatever else
 varies where that alone would collide (e.g. modern_64d_lr1.0e-03_s1_max_iters500). Every run is checked up
 front with train.resolve_config, so a typo or a bad value is one line naming the sweep file and the run.
 
@@ -685,7 +685,7 @@ def sbatch_script(sweep, runs, todo, args, command):
     """Write the task file and return the job-array script for the runs in todo."""
     header, body, template, settings = job_options(runs, sweep, args)
     study_dir = os.path.abspath(os.path.dirname(runs[0]["folder"]))
-    job_name = sweep["study"] if "study" not in args.cli_fixed else str(args.cli_fixed["study"])
+    job_name = sweep["study"]
     if not args.no_check:
         check_cluster(header, settings, job_name)
     sweep_dir = os.path.join(study_dir, "_sweep")
@@ -892,6 +892,8 @@ def main(argv=None):
         path = args.sweep or os.path.relpath(os.path.join(REPO, DEFAULT_SWEEP))
         sweep = load_sweep(path, args.params)
         runs = resolve_runs(sweep, args.cli_fixed, args.cli_grid)
+        if "study" in args.cli_fixed:  # --study=NAME: the progress lines and the job name say so
+            sweep["study"] = str(args.cli_fixed["study"])
         if args.commands:
             for r in runs:
                 print(f"python train.py {shlex.join(r['args'])}")

@@ -34,7 +34,7 @@ from configurator import UserError, describe_keys, parse_args
 # run identity and output
 study = "default"  # results go to results_dir/study/run_name
 label = ""  # the variant's name in analyses; '' = the first config file's name, or 'baseline'
-run_name = ""  # '' = {label}_{n_embd}d_lr{learning_rate:.1e}_s{seed}
+run_name = ""  # '' = {label}_{n_embd}d_lr{learning_rate}_s{seed}, the LR as 1.0e-03 (more digits when needed)
 results_dir = "results"  # root of all run folders
 overwrite = False  # start over even if the run folder holds a finished or resumable run
 keep_ckpt = True  # keep ckpt.pt after the run finishes (False saves disk in large sweeps)
@@ -236,7 +236,7 @@ def resolve_config(args):
     if not c["label"]:
         c["label"] = os.path.splitext(os.path.basename(config_files[0]))[0] if config_files else "baseline"
     if not c["run_name"]:
-        c["run_name"] = f"{c['label']}_{c['n_embd']}d_lr{c['learning_rate']:.1e}_s{c['seed']}"
+        c["run_name"] = f"{c['label']}_{c['n_embd']}d_lr{lr_text(c['learning_rate'])}_s{c['seed']}"
     for key in ("study", "run_name"):
         if not c[key] or "/" in c[key] or "\0" in c[key] or c[key] in (".", "..") or \
                 len(c[key].encode(errors="surrogatepass")) > 255:
@@ -278,6 +278,15 @@ def check_schedule(c):
         if wsd_decay_start(budget, c) < c["warmup_iters"]:
             raise UserError(f"cooldown {budget} would start its decay at step {wsd_decay_start(budget, c)}, inside "
                             f"the warmup (warmup_iters={c['warmup_iters']}): use larger budgets or a shorter warmup")
+
+
+def lr_text(lr):
+    """The LR in a run name: 2 significant digits (1.0e-03) unless more are needed to give it back exactly
+    (0.128 -> 1.28e-01, not 1.3e-01, which 0.125 would share)."""
+    for digits in range(1, 7):
+        if float(f"{lr:.{digits}e}") == lr:
+            break
+    return f"{lr:.{digits}e}"
 
 
 def run_folder(config):

@@ -81,6 +81,10 @@ def test_default_label_and_run_name(tmp_path):
     assert c["label"] == "swiglu" and c["run_name"] == "swiglu_64d_lr3.2e-03_s1"
     assert train.resolve_config([])["label"] == "baseline"
     assert train.run_folder(c).endswith("results/default/swiglu_64d_lr3.2e-03_s1")
+    # the name gives the LR back exactly: 0.128 and 0.125 both rounded to 1.3e-01 once
+    names = [train.resolve_config([f"--learning_rate={lr}"])["run_name"] for lr in (0.128, 0.125, 1e-3)]
+    assert names == ["baseline_128d_lr1.28e-01_s1337", "baseline_128d_lr1.25e-01_s1337",
+                     "baseline_128d_lr1.0e-03_s1337"]
 
 
 def test_presets_resolve():
