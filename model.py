@@ -30,9 +30,9 @@ INITS = ("transformer", "xavier_normal", "kaiming_normal", "pytorch")
 # ------------------------------------------------------------------------------------------- head + loss
 # Chunks of the fused head + cross-entropy, in bytes of logits: a block of rows per matmul (logits in the matmul
 # dtype) and, within it, a part per softmax pass (fp32) small enough to stay in cache. Measured on this project's
-# CPU (32 MB L3, 1 MB L2 per core; README "Performance", GPT-2 vocabulary): passes of 3-13 MB are fastest, blocks
-# up to the L3's size (fp32: 128 rows of 50257, bf16: 256-512). CUDA: not measured; a GPU's cache holds no block,
-# so its chunks only bound memory and keep kernels large.
+# CPU (32 MB L3, 1 MB L2 per core; README "Performance", GPT-2 vocabulary): passes of 1.6-12 MB are fastest,
+# blocks about the L3's size (bf16: 250-500 rows of 50257; fp32 is matmul-bound, flat). CUDA: not measured; there
+# the chunks bound memory and must keep kernels large.
 FUSED_BLOCK_BYTES = {"cpu": 24 << 20, "cuda": 512 << 20}
 FUSED_PASS_BYTES = {"cpu": 6 << 20, "cuda": 512 << 20}
 
@@ -40,28 +40,34 @@ FUSED_PASS_BYTES = {"cpu": 6 << 20, "cuda": 512 << 20}
 def head_and_loss(x, weight, bias, targets, fused=True):
     """(logits, loss) of the output head x @ weight.T (+ bias) and the mean cross-entropy over the targets that
     are not -1 (task rows' unsupervised positions), as F.cross_entropy(ignore_index=-1) of fp32 logits.
-    With targets and fused: the loss by linear_cross_entropy, which never forms the logits (they are None);
-    otherwise the logits in full, and the loss from them."""
-    if targets is not None and fused:
+    With targets and fused the logits are None and the loss is linear_cross_entropy's, which never forms them,
+    unless they fit in one block anyway (a small vocabulary: nothing to save, and the plain path is as fast)."""
+    if targets is not None and fused and x.numel() // x.shape[-1] > chunk_rows(x, weight)[1]:
         return None, linear_cross_entropy(x.reshape(-1, x.shape[-1]), weight, bias, targets.reshape(-1))
     logits = F.linear(x, weight, bias)
     loss = None if targets is None else F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(),
                                                         targets.reshape(-1), ignore_index=-1)
-    return logits, loss
+    return (None if targets is not None and fused else logits), loss
+
+
+def chunk_rows(x, weight):
+    """(matmul dtype: autocast's or x's, rows per block, rows per softmax pass) for x @ weight.T."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    block_bytes = FUSED_BLOCK_BYTES.get(device, FUSED_BLOCK_BYTES["cuda"])
+    pass_bytes = FUSED_PASS_BYTES.get(device, FUSED_PASS_BYTES["cuda"])
+    vocab = weight.shape[0]
+    return dtype, max(1, block_bytes // (vocab * torch.finfo(dtype).bits // 8)), max(1, pass_bytes // (4 * vocab))
 
 
 @torch.compiler.disable  # eager even in a compiled model: a loop of chunks that reuses its buffers
 def linear_cross_entropy(x, weight, bias, targets):
     """Mean cross-entropy of x @ weight.T + bias against targets (-1: ignored), with x (rows, d), computed a
     chunk of rows at a time (chunked_cross_entropy); matmuls in the autocast dtype, if any."""
-    device = x.device.type
-    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-    row_bytes = weight.shape[0] * torch.finfo(dtype).bits // 8
-    block_rows = max(1, FUSED_BLOCK_BYTES.get(device, FUSED_BLOCK_BYTES["cuda"]) // row_bytes)
-    pass_rows = max(1, FUSED_PASS_BYTES.get(device, FUSED_PASS_BYTES["cuda"]) // (4 * weight.shape[0]))
+    dtype, block_rows, pass_rows = chunk_rows(x, weight)
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return LinearCrossEntropy.apply(x, weight, bias, targets, dtype, block_rows, pass_rows)
-    with torch.autocast(device, enabled=False):
+    with torch.autocast(x.device.type, enabled=False):
         return chunked_cross_entropy(x, weight, bias, targets, dtype, block_rows, pass_rows, False)[0]
 
 
