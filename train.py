@@ -770,7 +770,7 @@ def make_vote(ddp, group=None, seconds=VOTE_SECONDS, max_calls=VOTE_MAX_CALLS):
     return vote
 
 
-def warm_up_compiled(model, micro_batch, block_size, device, autocast, ddp):
+def warm_up_compiled(model, micro_batch, block_size, device, autocast, ddp, return_logits=False):
     """Compile (one forward and backward of a batch of zeros, at the training shape) before the clock starts, so
     compile time is not training time. The gradients are dropped and the RNG streams dropout drew from are put
     back: the run is the one it would be without this. Returns the seconds it took."""
@@ -781,7 +781,7 @@ def warm_up_compiled(model, micro_batch, block_size, device, autocast, ddp):
     x, y = (torch.zeros(micro_batch, block_size, dtype=torch.long, device=device) for _ in range(2))
     with (model.no_sync() if ddp else nullcontext()):  # no gradient all-reduce
         with autocast:
-            _, loss = model(x, y)
+            _, loss = model(x, y, return_logits=return_logits)  # the training call's signature: one graph
         loss.backward()
     model.zero_grad(set_to_none=True)
     torch.set_rng_state(cpu_rng)
@@ -1119,7 +1119,7 @@ def run_training(config, stop):
         model = DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None,
                                         broadcast_buffers=False)
     if use_compile:  # compile before the clock starts: not in elapsed_s, nor in time_limit_s
-        seconds = warm_up_compiled(model, micro_batch, config["block_size"], device, autocast, ddp)
+        seconds = warm_up_compiled(model, micro_batch, config["block_size"], device, autocast, ddp, rows)
         if master:
             print(f"compiled in {seconds:.1f} s (not counted as training time)", flush=True)
     peak = device_peak_flops(config, device_type, dtype_name, device) if master else None
