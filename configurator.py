@@ -15,6 +15,7 @@ import argparse
 import ast
 import difflib
 import os
+import sys
 import types
 
 
@@ -160,3 +161,12 @@ class ArgumentParser(argparse.ArgumentParser):
     """argparse for the scripts: a bad option is one line and exit 2, like every other bad input."""
     def error(self, message):
         raise UserError(f"{message} (python {self.prog} --help lists the options)")
+
+
+def cli_main(run, argv=None):
+    """A script's main: run(argv); bad input (a UserError) is one line on stderr and exit 2."""
+    try:
+        run(sys.argv[1:] if argv is None else argv)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

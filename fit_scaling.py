@@ -87,7 +87,7 @@ import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 import results
-from configurator import ArgumentParser, UserError
+from configurator import ArgumentParser, UserError, cli_main
 
 HUBER_DELTA = 1e-3
 # Besiroglu et al.'s grid of initialisations (np.arange, so the upper ends are excluded): 4500 starts.
@@ -1364,11 +1364,7 @@ def run(argv):
 
 
 def main(argv=None):
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -63,14 +63,13 @@ import argparse
 import glob
 import math
 import os
-import sys
 
 import numpy as np
 from scipy.stats import norm
 
 import configurator
 import results
-from configurator import ArgumentParser, UserError
+from configurator import ArgumentParser, UserError, cli_main
 from fit_scaling import fmt
 
 LEDGER_KEYS = ("title", "source", "compute", "compute_growth", "period", "innovations", "normalize",
@@ -866,11 +865,7 @@ def run(argv):
 
 
 def main(argv=None):
-    try:
-        run(sys.argv[1:] if argv is None else argv)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    cli_main(run, argv)
 
 
 if __name__ == "__main__":
