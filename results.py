@@ -24,6 +24,11 @@ from datetime import datetime, timezone
 
 from configurator import UserError
 
+# keys that change how a run is executed or reported, not its results: a resumed run may differ in these
+EXECUTION_KEYS = ("overwrite", "keep_ckpt", "log_interval", "ckpt_interval", "num_threads", "compile", "fused_loss",
+                  "peak_flops", "ddp_timeout_s", "lock_wait_s", "wandb_log", "wandb_project", "results_dir",
+                  "data_dir")
+
 METRICS_COLUMNS = ["step", "tokens", "flops", "train_loss", "val_loss", "lr", "elapsed_s"]
 TASK_COLUMNS = ["train_acc", "val_acc"]  # rows (task) datasets add these
 ANNEAL_COLUMNS = ["step", "tokens", "flops", "val_loss"]  # anneal.csv; extra columns may follow

@@ -391,7 +391,7 @@ def name_runs(runs, path):
     for i, run in enumerate(runs):
         by_name.setdefault(run["config"]["run_name"], []).append(i)
     names = [r["config"]["run_name"] for r in runs]
-    ignore = set(train.EXECUTION_KEYS) | {"run_name", "config_files"}
+    ignore = set(results.EXECUTION_KEYS) | {"run_name", "config_files"}
     for name, group in by_name.items():
         if len(group) == 1:
             continue

@@ -148,10 +148,6 @@ CHOICES = {
     "compile": ("auto", True, False),
     "final_norm": ("auto", True, False),
 }
-# keys that change how a run is executed or reported, not its results: a resumed run may differ in these
-EXECUTION_KEYS = ("overwrite", "keep_ckpt", "log_interval", "ckpt_interval", "num_threads", "compile", "fused_loss",
-                  "peak_flops", "ddp_timeout_s", "lock_wait_s", "wandb_log", "wandb_project", "results_dir",
-                  "data_dir")
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: run the same command again to resume
 DEFAULT_MAX_ITERS = 2000  # max_iters=-1 (the default) means this when no other budget is set
 
@@ -860,7 +856,7 @@ def check_run_length(config, total_steps, budgets):
 
 def config_differences(saved, config):
     # a key that a newer train.py added is absent from an older folder's config.json: it ran at the default
-    keys = sorted((set(saved) | set(config)) - set(EXECUTION_KEYS) - {"derived", "config_files"})
+    keys = sorted((set(saved) | set(config)) - set(results.EXECUTION_KEYS) - {"derived", "config_files"})
     return [k for k in keys if saved.get(k, DEFAULTS.get(k, "<absent>")) != config.get(k, "<absent>")]
 
 
