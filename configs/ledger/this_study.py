@@ -1,19 +1,23 @@
 # Our ledger: the published one (gundlach2025.py, same innovations, years and conventions) fed by this
-# toolkit's own measurements, to read beside it. It reads the showcase study's JSON (README "Results"):
+# toolkit's own measurements, to read beside it. It reads the study's JSON (README "Results"):
 #     python analyze.py results/study_ablations --baseline modern --json docs/study/analyze.json
-#     python fit_scaling.py results/study_scaling --json docs/study/fit_scaling.json   # all three families
-# and stops with one line naming the missing file until both exist. What the study does not measure keeps
-# the published figure and says so here: the compute timeline, Kaplan's allocation, mixture of experts.
-# Our laws come from CPU-sized models (3e10-4e13 FLOPs): at the 2023 frontier they are extrapolated by 9+
-# orders of magnitude, which is the point of the comparison (see vs_compute.png for smaller scales).
+#     python analyze.py results/study_schedules --baseline modern_cosine --json docs/study/schedules.json
+#     python fit_scaling.py results/study_scaling --extrapolate 1e18 --json docs/study/fit_scaling.json
+# and stops with one line naming the missing file until they exist. The ablations are read at width 128, the
+# widest the study ran them (README "Results": which gains change with width). What the study does not
+# measure keeps the published figure and says so here: the compute timeline, Kaplan's allocation N = k C^0.73,
+# mixture of experts. Our laws come from CPU-sized models (1e10-1e14 FLOPs): at the 2023 frontier they are
+# extrapolated by 9+ orders of magnitude, which is the point of the comparison (vs_compute.png shows smaller C).
 import os
 
 _study = os.path.join(os.path.dirname(__file__), "..", "..", "docs", "study")
 _analyze = os.path.relpath(os.path.join(_study, "analyze.json"))
 _fits = os.path.relpath(os.path.join(_study, "fit_scaling.json"))
+_schedules = os.path.relpath(os.path.join(_study, "schedules.json"))
+_width = 128  # the ablations' widest width
 
 title = "this study"
-source = "this toolkit's showcase study: " + _analyze + ", " + _fits
+source = "this toolkit's study: " + ", ".join([_analyze, _schedules, _fits])
 compute = {2013: 1e16}      # published (Gundlach et al. 2025)
 compute_growth = 4.1
 period = (2012, 2023)
@@ -25,7 +29,7 @@ _rebalancing = rebalancing(_chinchilla, k=3.6332e-6, exponent=0.73)  # Kaplan's 
 
 
 def _ablation(label):  # modern over the modern stack without one innovation: that innovation's gain
-    return measured(_analyze, label, baseline="modern", study="study_ablations")
+    return measured(_analyze, label, baseline="modern", study="study_ablations", width=_width)
 
 
 innovations = [
@@ -33,7 +37,10 @@ innovations = [
     # (modern over sinusoidal) / (modern over learned) = learned over sinusoidal
     innovation("sinusoidal -> learned positions", 2018,
                ratio(_ablation("modern_minus_rope_sinusoidal"), _ablation("modern_minus_rope"))),
-    innovation("inverse-sqrt -> cosine schedule", 2018, _ablation("modern_minus_cosine")),
+    # a schedule is measured in runs of its own at three budgets, widths 32 and 64 (the ablations train with WSD)
+    innovation("inverse-sqrt -> cosine schedule", 2018,
+               measured(_schedules, "modern_minus_cosine", baseline="modern_cosine", study="study_schedules",
+                        width=64)),
     innovation("post -> pre-norm", 2019, _ablation("modern_minus_prenorm")),
     innovation("LayerNorm -> RMSNorm", 2020, _ablation("modern_minus_rmsnorm")),
     innovation("learned -> rotary positions", 2021, _ablation("modern_minus_rope")),
@@ -41,9 +48,9 @@ innovations = [
     innovation("Kaplan -> Chinchilla rebalancing", 2022, _rebalancing),
     innovation("GELU -> SwiGLU", None, _ablation("modern_minus_swiglu")),
 ]
-# the joint gain: modern over the 2017 stack, which also differs in init, optimizer, biases and ReLU (README
-# "Results": the GPT-2 init alone costs the modern stack 1.29x at width 64)
-normalize = normalized(["sinusoidal -> learned positions", "inverse-sqrt -> cosine schedule", "post -> pre-norm",
-                        "LayerNorm -> RMSNorm", "learned -> rotary positions", "GELU -> SwiGLU"],
-                       measured(_analyze, "retro_2017", baseline="modern", study="study_ablations"))
+# the joint gain: modern over the 2017 stack, both trained with WSD here (so the schedule is not in it), which
+# also differs in init, optimizer, biases and ReLU (README "Results")
+normalize = normalized(["sinusoidal -> learned positions", "post -> pre-norm", "LayerNorm -> RMSNorm",
+                        "learned -> rotary positions", "GELU -> SwiGLU"],
+                       measured(_analyze, "retro_2017", baseline="modern", study="study_ablations", width=_width))
 sensitivity = "LSTM -> Transformer"
