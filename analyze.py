@@ -12,97 +12,18 @@ and loss against any config key.
     python analyze.py results/ --plots figs/ --verbose  # plots elsewhere; list skipped runs and warnings
     python analyze.py --coverage                        # simulated coverage of the t and bootstrap intervals
 
-It reads the run folders described in ../shared/docs/results-format.md (via results.py), study by study
-(the config key `study`), and prints:
-
-1. One summary line: runs read, runs skipped and why (no final.json, interrupted, damaged metrics.csv ...).
-   Damaged folders are skipped, never a crash; --verbose lists them.
-2. Learning-rate sweeps, per (label, arch, width): the best LR by validation loss (mean over seeds), the
-   runner-up, a refined optimum (the vertex of the parabola through the best point and its two neighbours,
-   in log10(LR)), a flag when the best LR is at the edge of the grid (with the direction to widen) or the
-   grid has fewer than 3 LRs. Across widths: the fit log10(best LR) = a + b * log10(width).
-3. Compute-equivalent gain, per width: every variant (label) against the baseline, each at its chosen LR.
-   The gain of X over Y is G = FLOPs Y needs / FLOPs X needs to reach the target loss (> 1: X is better); by
-   default X = the baseline and Y = each variant, so with --baseline modern and ablation variants a row is the
-   ablated innovation's gain ("modern over modern_minus_rope"); --invert prints each variant over the
-   baseline. Every header names both sides and says what > 1 means.
-   Method (default --method annealed): per variant and seed, the curve of annealed (FLOPs, loss) points:
-   anneal.csv rows (cooldown branches: the final loss of a standalone run of each budget) plus the final point
-   of each completed run, so runs of one variant, seed and LR at several budgets give annealed points too.
-   FLOPs to the target are interpolated linearly in log FLOPs between the bracketing annealed points. Without
-   annealed points (one budget per seed, no anneal.csv) a table falls back to --method curve and says so in
-   its header: the FLOPs where one run's evaluation curve first crosses the target, a mid-schedule estimate
-   (the LR is still high there, so it measures schedules as much as innovations).
-   Seeds are paired; the gain is the geometric mean over seeds. Interval (default --interval t): a 95%
-   t-interval (df = n-1) on the mean paired log gain over n seeds, none below 2 seeds; --interval bootstrap:
-   the percentile bootstrap (10000 resamples, fixed RNG seed), which over few seeds covers far less than 95%
-   (`--coverage` measures both). A run that never reaches the target makes the gain a bound ('>1.8x').
-4. Does the gain depend on the LR? When the baseline and a variant share 2 or more LRs (or with --per_lr): the
-   gain at each shared LR (both sides at that LR, paired by seed, with its interval) and tuned vs tuned. LR
-   sensitivity: the gain with the variant at the neighbouring grid LRs of its chosen one.
-5. Scale dependence, per comparison measured at 2 or more widths: gain against compute (the baseline's
-   training FLOPs at that width) and the least-squares slope d log(gain) / d log(C) over per-seed log gains
-   (seeds are the independent unit), with a t-interval (df = N - 2) and a verdict: scale-invariant within its
-   interval, or growing / shrinking with compute.
-6. Steps to 99% validation accuracy for task datasets, a censored statistic: the median with runs that never
-   got there counted as '> the steps they ran' (shown as '> X' when that decides the median), how many got
-   there (k/n), and the final train and val accuracy (mean [min, max]).
-7. With --vs KEY [--by KEY2]: validation loss against any config key, one line per value of KEY2, the mean over
-   seeds with the seed range.
-
-Decisions (also printed where they apply):
-- Studies are analysed separately (an LR sweep at a short budget never mixes with an ablation study).
-- Diverged runs (status 'diverged', or a non-finite final validation loss) rank below every finite loss;
-  an LR at which any seed diverged counts as diverged when choosing the LR. A variant whose chosen LR (or only
-  LR) has diverged seeds keeps its finite seeds for the gain, and the row says "k of n seeds diverged".
-- Skipped (counted, with the reason): runs without final.json (running or killed), 'interrupted' runs,
-  and non-diverged runs whose metrics.csv is missing, empty, has damaged lines, has no finite val_loss,
-  or ends before final.json's step count (a lost last row).
-- The loss of a run is its final validation loss (last metrics row); --metric best uses its lowest one.
-- CEG compares variants at the same width of the same study (one table per width; --width W for one).
-  When a label has several LRs at that width, only its runs at its chosen LR are measured: the LR with the
-  best mean loss over seeds (at the largest budget every LR has, when runs differ in budget). When the runs
-  that chose the LR also measure the gain, the table warns (winner's curse: the chosen LR is the one where
-  these seeds were lucky). --select_seeds S chooses the LR on seeds S and --measure_seeds M (default: the
-  other seeds) measures the gain; the two-stage recipe (an LR sweep study, then the study at its best LRs via
-  sweep.py's best_lr) does the same across studies, and its tables have one LR per label (no warning).
-- Default baseline per study: the label 'baseline', else 'modern', else the first label alphabetically.
-- Default target: the lowest loss every compared curve reaches (the largest of the curves' minimum losses).
-- Seeds: runs are paired by seed (seeds on one side only are left out, and said so). When seeds are
-  missing or repeated, or no seed is common, the sides are compared as independent samples: geometric-mean
-  FLOPs of each side, with a Welch t-interval (pooled variance when a side has one run).
-- A gain built from a bound is shown as a bound and has no interval; '?' when the bounds point both ways.
-- Plots: PNGs in <folder holding the study's run folders>/plots/, i.e. results/<study>/plots/; with
-  --plots DIR they go to DIR (DIR/<study>/ when there are several studies). Where they went is printed.
-  lr_sweep.png (loss vs LR: one panel per width with every variant in it, the same y-range in every panel, the
-  seed range as a band), lr_trend.png (best LR vs width), ceg_w<width>.png (gain bars with interval whiskers),
-  ceg_lr_w<width>.png (gain at each shared LR, tuned vs tuned dashed), curves_w<width>.png (loss vs FLOPs: the
-  annealed points and the evaluation curves, with the target), scale_dependence.png, acc_<dataset>.png
-  (train/val accuracy per variant), vs_<key>[_by_<key2>].png (with every seed and the seed range).
-  Log axes carry plain-number ticks (0.001, 0.002, 0.005; 1e12, 2e12), never crowded minor labels.
-
---json FILE holds: runs {read, skipped, diverged, skipped_runs [{path, reason}]}, run_table (one entry per
-run read), best_lr [{study, label, arch, width, best_lr, best_val_loss, refined_lr, refined_loss, at_edge,
-widen_toward, runner_up_lr, runner_up_loss, n_lrs, lrs, losses, loss_low, loss_high, ...}], lr_trend [{study,
-label, arch, widths, best_lrs, a, b, b_stderr, b_refined, n_at_edge}], ceg (one row per variant and width, below),
-ceg_tables [{study, width, dataset, baseline, target_loss, method, method_fallback, gain_meaning, interval,
-winners_curse, notes}], ceg_per_lr (per-LR and tuned rows, the gain keys below plus learning_rate,
-baseline_lr, tuned), lr_sensitivity [{label, learning_rate, gain, neighbours [{learning_rate, gain, gain_low,
-gain_high, gain_bound}]}], scale_dependence [{label, gain_of, gain_over, widths [{width, compute, gain,
-gain_low, gain_high, per_seed}], slope, slope_low, slope_high, verdict}], steps_to_acc [{..., n_runs,
-n_reached, median_steps, median_kind ('exact' | 'above' | 'between'), mean_steps, std, sem, never,
-final_train_acc_mean/min/max, final_val_acc_mean/min/max}], vs, plots, ci {level, method, resamples}.
-A ceg row: label, arch, baseline, is_baseline, gain_of, gain_over, gain (gain_of over gain_over, the printed
-direction), gain_low, gain_high (the interval; null without one), gain_bound (null | 'lower' | 'upper' |
-'unknown', for gain), n_pairs, n_seeds, n_diverged, method ('annealed' | 'curve'), interval ('t' | 'bootstrap'
-| null), interval_label ("95% t-interval over 3 seeds"), target_loss, learning_rate, n_lrs, winners_curse,
-flops_to_target, per_seed (the variant over the baseline, per seed), note; and, unchanged from earlier versions,
-ceg, ci_low, ci_high, bound: always the variant over the baseline (FLOPs_baseline / FLOPs_variant), whatever
---invert says. Non-finite numbers are null. --csv DIR writes the tables as run_table.csv, best_lr.csv,
-lr_trend.csv, ceg.csv, ceg_per_lr.csv, scale_dependence.csv, steps_to_acc.csv and vs.csv.
+It reads the run folders under the folder (via results.py; damaged ones are counted and skipped, never a crash)
+and, study by study, prints the runs read and skipped, the LR sweeps, one CEG table per (study, width, dataset):
+the gain of the baseline over each variant, G = FLOPs the variant needs / FLOPs the baseline needs to reach the
+target loss (> 1: the baseline is better; --invert: each variant over the baseline), the gain per LR and its LR
+sensitivity, its scale dependence, steps to accuracy and --vs. --json FILE holds every number, --csv DIR the
+tables, PNGs go to results/<study>/plots/ (or --plots DIR). Bad input: one line on stderr, exit status 2.
+README.md, "Analysis", has every decision, plot and JSON field. The plot helpers (section "plots") serve
+fit_scaling.py and progress.py too.
 """
 import argparse
 import csv
+import dataclasses
 import difflib
 import json
 import math
@@ -118,7 +39,7 @@ import numpy as np
 import scipy.stats
 
 import results
-from configurator import ArgumentParser, UserError
+from configurator import ArgumentParser, UserError, cli_main
 
 CI_LEVEL = 0.95
 N_BOOTSTRAP = 10000
@@ -183,42 +104,53 @@ def config_value(config, derived, key):
     return derived.get(key)
 
 
-def summarize_run(run):
-    """(record, None) for a run the analysis can use, or (None, reason) for one it skips.
-    A record holds the grouping keys, the loss curve (FLOPs > 0, finite loss) and the accuracy rows."""
-    config, final, status, problems = run["config"], run["final"], run["status"], run["problems"]
-    if config is None:  # results.read_run names a missing or unparsable file; else it held no object
-        return None, next((p for p in problems if "config.json" in p), "config.json is not a JSON object")
+def run_label(config):
+    """The run's label as a string (a hand-written number counts), or None."""
     label = config.get("label")
     if isinstance(label, (int, float)) and not isinstance(label, bool):
         label = str(label)
-    if not isinstance(label, str) or not label.strip():
-        return None, "config.json has no label (not a train.py run?)"
+    return label if isinstance(label, str) and label.strip() else None
+
+
+def skip_reason(run):
+    """Why a run folder is skipped before its metrics are read (None: it is not)."""
+    config, final, status, problems = run["config"], run["final"], run["status"], run["problems"]
+    if config is None:  # results.read_run names a missing or unparsable file; else it held no object
+        return next((p for p in problems if "config.json" in p), "config.json is not a JSON object")
+    if run_label(config) is None:
+        return "config.json has no label (not a train.py run?)"
     if final is None:
         if os.path.exists(os.path.join(run["path"], "final.json")):
-            return None, next((p for p in problems if "final.json" in p), "final.json is not a JSON object")
-        return None, "running or killed (no final.json)"
-    if not isinstance(status, str) or status not in results.STATUSES:
-        return None, "unknown status in final.json"
+            return next((p for p in problems if "final.json" in p), "final.json is not a JSON object")
+        return "running or killed (no final.json)"
+    if status not in results.STATUSES:
+        return "unknown status in final.json"
     if status == "interrupted":
-        return None, "interrupted (run the same command again to resume it)"
-    metric_problems = [p for p in problems if "metrics.csv" in p]
-    if metric_problems and status != "diverged":
-        p = metric_problems[0]
-        return None, ("damaged lines in metrics.csv" if "damaged line" in p else p)
+        return "interrupted (run the same command again to resume it)"
+    damaged = [p for p in problems if "metrics.csv" in p]
+    if damaged and status != "diverged":
+        return "damaged lines in metrics.csv" if "damaged line" in damaged[0] else damaged[0]
+    return None
 
-    rows = run["metrics"]
-    column = lambda name: np.array([number_or_nan(r.get(name)) for r in rows], dtype=float)
-    step, flops, val = column("step"), column("flops"), column("val_loss")
-    warnings = list(problems)
-    diverged = status == "diverged"
+
+def column(rows, name):
+    """One metrics column as floats (NaN where a row lacks it)."""
+    return np.array([number_or_nan(r.get(name)) for r in rows], dtype=float)
+
+
+def loss_curve(run):
+    """(fields, None): a run's losses (final, best; inf when diverged), its curve (the rows with FLOPs > 0 and a
+    finite loss), its annealed points and warnings; or (None, reason) when metrics.csv cannot give them."""
+    step, flops, val = (column(run["metrics"], name) for name in ("step", "flops", "val_loss"))
+    warnings = list(run["problems"])
+    diverged = run["status"] == "diverged"
     if not diverged:
         if not np.isfinite(val).any():
             return None, "no finite val_loss in metrics.csv"
         if not math.isfinite(val[-1]):
             diverged = True
             warnings.append("last val_loss is not finite: counted as diverged")
-        final_steps = as_float(final.get("steps"))
+        final_steps = as_float(run["final"].get("steps"))
         if final_steps is not None and math.isfinite(step[-1]) and step[-1] < final_steps:
             return None, "metrics.csv ends before final.json's last step (truncated?)"
     on_curve = np.isfinite(flops) & (flops > 0) & np.isfinite(val)
@@ -226,43 +158,60 @@ def summarize_run(run):
         return None, "no rows with positive flops in metrics.csv"
     if not diverged and not np.isfinite(val).all():
         warnings.append(f"{int((~np.isfinite(val)).sum())} row(s) with non-finite val_loss ignored")
-    finite_val = val[np.isfinite(val)]
     # annealed points (anneal.csv: the final loss of a standalone run of each cooldown budget)
     anneal = [(as_positive(a.get("flops")), number_or_nan(a.get("val_loss"))) for a in run["anneal"]]
     anneal_points = sorted((f, loss) for f, loss in anneal if f is not None and math.isfinite(loss))
     if len(anneal_points) < len(anneal):
         warnings.append(f"{len(anneal) - len(anneal_points)} anneal.csv row(s) without positive flops and a finite "
                         f"val_loss ignored")
+    return {"diverged": diverged, "final_loss": math.inf if diverged else float(val[-1]),
+            "best_loss": math.inf if diverged else float(val[np.isfinite(val)].min()),
+            "last_step": as_step(np.nanmax(step)) if np.isfinite(step).any() else None,
+            "flops": flops[on_curve], "loss": val[on_curve], "anneal": anneal_points,
+            "final_flops": as_positive(flops[-1]) if len(flops) else None, "warnings": warnings}, None
 
-    has_acc = any("val_acc" in r for r in rows)
+
+def task_accuracy(run):
+    """A run's accuracy fields: the first step at 99% validation accuracy and, when metrics.csv has accuracy
+    columns, the final accuracies and the curves."""
+    rows, final = run["metrics"], run["final"]
+    step = column(rows, "step")
     if "step_val_acc_99" in final:
         step99 = as_float(final["step_val_acc_99"])
     else:  # a final.json from another writer: find the step in the metrics
-        hit = np.nonzero(column("val_acc") >= ACC_TARGET)[0]
+        hit = np.nonzero(column(rows, "val_acc") >= ACC_TARGET)[0]
         step99 = float(step[hit[0]]) if len(hit) else None
     step99 = as_step(step99)
+    has_acc = any("val_acc" in r for r in rows)
+    curves = {"step": step, "train_acc": column(rows, "train_acc"), "val_acc": column(rows, "val_acc")}
+    final_acc = {name: float(curves[name][-1]) if len(rows) and math.isfinite(curves[name][-1]) else None
+                 for name in ("train_acc", "val_acc")}
+    return {"final_acc": final_acc if has_acc else None, "acc": curves if has_acc else None,
+            "task": has_acc or step99 is not None, "step_val_acc_99": step99}
 
-    derived = run["derived"]
+
+def summarize_run(run):
+    """(record, None) for a run the analysis can use, or (None, reason) for one it skips.
+    A record holds the grouping keys, the loss curve (FLOPs > 0, finite loss) and the accuracy rows."""
+    reason = skip_reason(run)
+    if reason:
+        return None, reason
+    losses, reason = loss_curve(run)
+    if reason:
+        return None, reason
+    config, derived = run["config"], run["derived"]
+    folder_study = os.path.basename(os.path.dirname(os.path.normpath(run["path"])))  # results/<study>/<run>
     return {
         "path": run["path"], "name": run["name"], "config": config, "derived": derived,
-        "study": as_key(config.get("study")) if config.get("study") is not None
-        else os.path.basename(os.path.dirname(os.path.normpath(run["path"]))),
-        "label": label, "arch": config["arch"] if isinstance(config.get("arch"), str) else "?",
+        "study": as_key(config["study"]) if config.get("study") is not None else folder_study,
+        "label": run_label(config), "arch": config["arch"] if isinstance(config.get("arch"), str) else "?",
         "width": as_width(config.get("n_embd")), "lr": as_positive(config.get("learning_rate")),
         "seed": as_key(config.get("seed")),
         "dataset": config["dataset"] if isinstance(config.get("dataset"), str) else "?",
-        "status": status, "diverged": diverged,
-        "final_loss": math.inf if diverged else float(val[-1]),
-        "best_loss": math.inf if diverged else float(finite_val.min()),
-        "last_step": as_step(np.nanmax(step)) if np.isfinite(step).any() else None,
-        "flops": flops[on_curve], "loss": val[on_curve], "anneal": anneal_points,
-        "final_flops": as_positive(flops[-1]) if len(flops) else None,
-        "budget": as_step(derived.get("total_steps")) or (as_step(np.nanmax(step)) if np.isfinite(step).any()
-                                                           else None),  # planned steps: runs at several budgets
-        "final_acc": {name: float(column(name)[-1]) if len(rows) and math.isfinite(column(name)[-1]) else None
-                      for name in ("train_acc", "val_acc")} if has_acc else None,
-        "acc": {"step": step, "train_acc": column("train_acc"), "val_acc": column("val_acc")} if has_acc else None,
-        "task": has_acc or step99 is not None, "step_val_acc_99": step99, "warnings": warnings,
+        "status": run["status"], **losses,
+        # the planned steps, which tell runs at several budgets apart
+        "budget": as_step(derived.get("total_steps")) or losses["last_step"],
+        **task_accuracy(run),
     }, None
 
 
@@ -276,12 +225,7 @@ def load_runs(root):
                         f"config.json, metrics.csv and final.json (train.py writes them under results_dir)")
     records, skipped = [], []
     for path in paths:
-        try:
-            run = results.read_run(path)
-        except RecursionError:  # json.load on absurdly nested garbage
-            skipped.append((path, "unreadable json (nested too deeply)"))
-            continue
-        record, reason = summarize_run(run)
+        record, reason = summarize_run(results.read_run(path))
         if record is None:
             skipped.append((path, reason))
         else:
@@ -307,10 +251,10 @@ def group(records, key):
     return dict(sorted(out.items(), key=lambda kv: tuple(order(k) for k in kv[0])))
 
 
-# config keys that may differ between runs of one variant without making them different experiments
-PER_RUN_KEYS = {"seed", "run_name", "learning_rate", "min_lr", "derived", "results_dir", "data_dir", "overwrite",
-                "resume", "device", "compile", "num_threads", "wandb_log", "wandb_project", "wandb_run_name",
-                "log_interval", "ckpt_interval", "time_limit_s", "keep_ckpt", "peak_flops", "ddp_timeout_s"}
+# config keys that may differ between runs of one variant without making them different experiments: how a run
+# is executed, and what is per run by design (its seed and name, the LR being swept, where it ran)
+PER_RUN_KEYS = set(results.EXECUTION_KEYS) | {"seed", "run_name", "learning_rate", "min_lr", "derived", "device",
+                                              "time_limit_s"}
 
 
 def differing_keys(runs):
@@ -430,8 +374,7 @@ def lr_trend(table):
     """Per (study, label, arch) with >= 2 widths: least-squares fit log10(best LR) = a + b * log10(width),
     on the grid best LRs, plus the slope from the refined LRs when every width has one."""
     trends = []
-    # one LR is not a sweep (n_lrs: absent from JSON files of older versions)
-    swept = [r for r in table if r["best_lr"] is not None and r.get("n_lrs", len(r.get("lrs") or [])) >= 2]
+    swept = [r for r in table if r["best_lr"] is not None and r["n_lrs"] >= 2]  # one LR is not a sweep
     for (study, label, arch), rows in group(swept,
                                             lambda r: (r["study"], r["label"], r["arch"])).items():
         if len(rows) < 2:
@@ -691,14 +634,26 @@ def at_lr(runs, lr, measure_seeds):
     return [r for r in runs if r["lr"] == lr and (measure_seeds is None or r["seed"] in measure_seeds)]
 
 
+@dataclasses.dataclass
+class CegSettings:
+    """How the CEG tables are measured: ceg_tables' arguments (the command line's flags of the same names)."""
+    metric: str          # 'final' or 'best': the loss a run is ranked by
+    target: float        # the target loss; None: each table's default
+    n_boot: int          # bootstrap resamples
+    method: str          # 'annealed' or 'curve'
+    interval: str        # 't' or 'bootstrap'
+    invert: bool         # print each variant over the baseline
+    select_seeds: list   # choose each variant's LR on these seeds only (None: all)
+    measure_seeds: set   # measure the gains on these seeds only (None: all)
+    per_lr: bool         # the gain at every shared LR even when the sides share fewer than 2
+
+
 def ceg_tables(records, metric="final", baseline=None, target=None, width=None, n_boot=N_BOOTSTRAP,
                method="annealed", interval="t", invert=False, select_seeds=None, measure_seeds=None, per_lr=False):
     """One table per (study, width, dataset) with at least two variants: every variant against the baseline.
     Runs on different datasets are never compared (a grokking study has one table per task).
     select_seeds / measure_seeds: choose each variant's LR on the runs of some seeds and measure the gain on
     others (measure_seeds defaults to the seeds not selected on)."""
-    tables = []
-    studies = group(records, lambda r: (r["study"],))
     if baseline is not None and not any(r["label"] == baseline for r in records):
         raise UserError(f"--baseline {baseline}: no run has that label; labels: "
                         f"{', '.join(sorted({r['label'] for r in records}))}")
@@ -707,7 +662,9 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
                         f"{', '.join(map(str, sorted({r['width'] for r in records if r['width']})))}")
     if select_seeds is not None and measure_seeds is None:
         measure_seeds = {r["seed"] for r in records} - set(select_seeds)
-    for (study,), study_runs in studies.items():
+    how = CegSettings(metric, target, n_boot, method, interval, invert, select_seeds, measure_seeds, per_lr)
+    tables = []
+    for (study,), study_runs in group(records, lambda r: (r["study"],)).items():
         base_label = baseline or default_baseline({r["label"] for r in study_runs})
         if not any(r["label"] == base_label for r in study_runs):
             tables.append({"study": study, "width": None, "baseline": base_label, "baseline_default": False,
@@ -715,31 +672,65 @@ def ceg_tables(records, metric="final", baseline=None, target=None, width=None, 
             continue
         several_datasets = len({r["dataset"] for r in study_runs}) > 1
         for (w, ds), runs in group(study_runs, lambda r: (r["width"], r["dataset"])).items():
-            if (width is not None and w != width) or w is None:
-                continue
             variants = group(runs, lambda r: (r["label"], r["arch"]))
-            if len(variants) < 2:
-                continue
-            table = {"study": study, "width": w, "dataset": ds if several_datasets else None,
-                     "baseline": base_label, "baseline_default": baseline is None, "invert": invert,
-                     "rows": [], "notes": [], "variants": {}, "per_lr": [], "sensitivity": [], "winners_curse": []}
-            tables.append(table)
-            if not any(label == base_label for label, _ in variants):
-                table["notes"].append(f"no runs of baseline '{base_label}' at this width: no CEG")
-                continue
-            fill_ceg_table(table, variants, metric, target, n_boot, method, interval, select_seeds, measure_seeds,
-                           per_lr)
+            if w is not None and width in (None, w) and len(variants) >= 2:
+                table = {"study": study, "width": w, "dataset": ds if several_datasets else None,
+                         "baseline": base_label, "baseline_default": baseline is None}
+                tables.append(ceg_table(table, variants, how))
     return tables
 
 
-def fill_ceg_table(table, variants, metric, target, n_boot, method, interval, select_seeds, measure_seeds, per_lr):
-    """The rows of one CEG table: LR choice, method (annealed or mid-schedule), target, gains, the per-LR
-    gains and the LR sensitivity."""
+def ceg_table(table, variants, how):
+    """Fill one CEG table (study, width, dataset, baseline given): each variant at its chosen LR against the
+    baseline at the table's target, then the per-LR gains and the LR sensitivity. Its notes say what was left out."""
+    table.update(invert=how.invert, rows=[], notes=[], variants={}, per_lr=[], sensitivity=[], winners_curse=[])
     base_label = table["baseline"]
+    if not any(label == base_label for label, _ in variants):
+        table["notes"].append(f"no runs of baseline '{base_label}' at this width: no CEG")
+        return table
+    chosen = choose_variants(table, variants, how)
+    base_keys = [k for k in chosen if k[0] == base_label]
+    if not base_keys:
+        table["notes"].append(f"baseline '{base_label}': every run diverged: no CEG")
+        return table
+    if len(base_keys) > 1:
+        table["notes"].append(f"baseline '{base_label}' has several archs; using {base_keys[0][1]}")
+    base_key = base_keys[0]
+    table.update(table_method(chosen, how.method))
+    for key, v in list(chosen.items()):
+        v["curves"], v["notes"], v["n_diverged"], v["n_seeds_run"] = measure_side(v["runs"], table["method"])
+        if not v["curves"]:
+            table["notes"].append(f"{key[0]}: no seed without a diverged run, left out")
+            del chosen[key]
+    if base_key not in chosen:
+        table["notes"].append(f"baseline '{base_label}': no usable seed: no CEG")
+        return table
+    base = chosen[base_key]
+    table["target"] = how.target if how.target is not None else default_target([c for v in chosen.values()
+                                                                             for c in v["curves"]])
+    table["target_default"] = how.target is None
+    table["variants"] = chosen
+    # the width's compute scale for the scale-dependence fit: the training FLOPs of the baseline's longest runs
+    table["compute"] = math.exp(np.mean([math.log(max(r["flops"].max() for r in c["runs"])) for c in base["curves"]]))
+    table["winners_curse"] = [label for (label, _), v in chosen.items() if v["winners_curse"]]
+    labels = [label for label, _ in chosen]
+    name = lambda label, arch: f"{label}/{arch}" if labels.count(label) > 1 else label
+    rows = [gain_row(table, key, base_key, how, name) for key in chosen]
+    table["rows"] = sorted(rows, key=lambda r: (r["bound"] == "unknown", -r["gain"]))
+    shared = lambda v: {r["lr"] for r in v["all_runs"]} & {r["lr"] for r in base["all_runs"]}
+    if how.per_lr or any(len(shared(v)) >= 2 for k, v in chosen.items() if k != base_key):
+        table["per_lr"] = per_lr_rows(table, base_key, how, name)
+    table["sensitivity"] = sensitivity_rows(table, base_key, how, name)
+    return table
+
+
+def choose_variants(table, variants, how):
+    """Each variant (label, arch) at its chosen LR: {key: {lr, n_lrs, runs (those that measure the gain),
+    all_runs, winners_curse}}. A variant that cannot be measured is left out, with a note in the table."""
     chosen = {}
     for (label, arch), rs in variants.items():
-        lr, n_lrs, chosen_on, why = choose_lr(rs, metric, select_seeds)
-        measured = at_lr(rs, lr, measure_seeds) if lr is not None else []
+        lr, n_lrs, chosen_on, why = choose_lr(rs, how.metric, how.select_seeds)
+        measured = at_lr(rs, lr, how.measure_seeds) if lr is not None else []
         if lr is not None and not measured:
             why = f"no runs of the --measure_seeds at its chosen LR {fmt(lr, '.2e')}, left out"
         if why:
@@ -754,95 +745,75 @@ def fill_ceg_table(table, variants, metric, target, n_boot, method, interval, se
         mixed = [k for k in differing_keys(measured) if k not in BUDGET_KEYS]
         if mixed:
             table["notes"].append(f"{label}: its runs differ in {', '.join(mixed[:5])}")
-    base_keys = [k for k in chosen if k[0] == base_label]
-    if not base_keys:
-        table["notes"].append(f"baseline '{base_label}': every run diverged: no CEG")
-        return
-    if len(base_keys) > 1:
-        table["notes"].append(f"baseline '{base_label}' has several archs; using {base_keys[0][1]}")
+    return chosen
+
+
+def table_method(chosen, method):
+    """A table's method: 'annealed' when every variant has annealed points, else the mid-schedule 'curve' (a
+    fallback, with the reason, when annealed was asked for)."""
     lacking = [label for (label, _), v in chosen.items() if not has_annealed(v["runs"])]
-    table["method"] = "annealed" if method == "annealed" and not lacking else "curve"
-    table["method_fallback"] = method == "annealed" and bool(lacking)
-    if table["method_fallback"]:
-        table["method_why"] = (", ".join(lacking[:4]) + (" ..." if len(lacking) > 4 else "") +
-                               f" {'has' if len(lacking) == 1 else 'have'} one budget per seed and no anneal.csv")
-    for v in chosen.values():
-        v["curves"], v["notes"], v["n_diverged"], v["n_seeds_run"] = measure_side(v["runs"], table["method"])
-    for (label, _), v in list(chosen.items()):
-        if not v["curves"]:
-            table["notes"].append(f"{label}: no seed without a diverged run, left out")
-            del chosen[(label, _)]
-    if base_keys[0] not in chosen:
-        table["notes"].append(f"baseline '{base_label}': no usable seed: no CEG")
-        return
-    base = chosen[base_keys[0]]
-    table["target"] = target if target is not None else default_target([c for v in chosen.values()
-                                                                         for c in v["curves"]])
-    table["target_default"] = target is None
-    table["variants"] = chosen
-    # the width's compute scale for the scale-dependence fit: the training FLOPs of the baseline's longest runs
-    table["compute"] = math.exp(np.mean([math.log(max(r["flops"].max() for r in c["runs"])) for c in base["curves"]]))
-    table["winners_curse"] = [label for (label, _), v in chosen.items() if v["winners_curse"]]
-    labels = [label for label, _ in chosen]
-    name = lambda label, arch: f"{label}/{arch}" if labels.count(label) > 1 else label
-    for (label, arch), v in chosen.items():
-        result = compare(base["curves"], v["curves"], table["target"], n_boot=n_boot, interval=interval)
-        is_baseline = (label, arch) == base_keys[0]
-        if is_baseline:  # itself: exactly 1, nothing to estimate
-            result.update(ci_low=None, ci_high=None, bound=None, interval=None, interval_label="the baseline itself",
-                          note=[n for n in result["note"] if "never" in n])
-        result["note"] = "; ".join(v["notes"] + result["note"])
-        table["rows"].append({
-            "study": table["study"], "width": table["width"], "dataset": table.get("dataset"),
-            "label": name(label, arch), "arch": arch, "baseline": base_label, "is_baseline": is_baseline,
+    out = {"method": "annealed" if method == "annealed" and not lacking else "curve",
+           "method_fallback": method == "annealed" and bool(lacking)}
+    if out["method_fallback"]:
+        out["method_why"] = (", ".join(lacking[:4]) + (" ..." if len(lacking) > 4 else "") +
+                             f" {'has' if len(lacking) == 1 else 'have'} one budget per seed and no anneal.csv")
+    return out
+
+
+def gain_row(table, key, base_key, how, name):
+    """One row of a CEG table: the variant `key` against the baseline, each at its chosen LR, in both conventions
+    (compare()'s ceg of the variant over the baseline, and gain_fields' printed direction)."""
+    (label, arch), v, base = key, table["variants"][key], table["variants"][base_key]
+    result = compare(base["curves"], v["curves"], table["target"], n_boot=how.n_boot, interval=how.interval)
+    if key == base_key:  # itself: exactly 1, nothing to estimate
+        result.update(ci_low=None, ci_high=None, bound=None, interval=None, interval_label="the baseline itself",
+                      note=[n for n in result["note"] if "never" in n])
+    result["note"] = "; ".join(v["notes"] + result["note"])
+    return {"study": table["study"], "width": table["width"], "dataset": table.get("dataset"),
+            "label": name(label, arch), "arch": arch, "baseline": table["baseline"], "is_baseline": key == base_key,
             "learning_rate": v["lr"], "n_lrs": v["n_lrs"], "target_loss": table["target"],
             "n_seeds": len(v["curves"]), "n_diverged": v["n_diverged"], "method": table["method"],
             "winners_curse": v["winners_curse"], **result,
-            **gain_fields(result, name(label, arch), base_label, table["invert"])})
-    table["rows"].sort(key=lambda r: (r["bound"] == "unknown", -r["gain"]))
-    shared = lambda v: {r["lr"] for r in v["all_runs"]} & {r["lr"] for r in base["all_runs"]}
-    if per_lr or any(len(shared(v)) >= 2 for k, v in chosen.items() if k != base_keys[0]):
-        table["per_lr"] = per_lr_rows(table, chosen, base_keys[0], target, n_boot, interval, name)
-    table["sensitivity"] = sensitivity_rows(table, chosen, base_keys[0], n_boot, interval, name)
+            **gain_fields(result, name(label, arch), table["baseline"], table["invert"])}
 
 
-def one_gain(base_curves, curves, target, n_boot, interval, label, base_label, invert):
-    result = compare(base_curves, curves, target, n_boot=n_boot, interval=interval)
-    return {**result, "note": "; ".join(result["note"]), **gain_fields(result, label, base_label, invert)}
+def one_gain(base_curves, curves, target, how, label, base_label):
+    result = compare(base_curves, curves, target, n_boot=how.n_boot, interval=how.interval)
+    return {**result, "note": "; ".join(result["note"]), **gain_fields(result, label, base_label, how.invert)}
 
 
-def per_lr_rows(table, chosen, base_key, target, n_boot, interval, name):
+def per_lr_rows(table, base_key, how, name):
     """Does the gain depend on the LR? Per variant and per LR both it and the baseline were run at: the two
     paired by seed at that LR (every seed: nothing is chosen here; target: --target, else the lowest loss both
     reach at that LR), then the tuned pair (each at its chosen LR, as measured in the main table)."""
-    rows, base = [], chosen[base_key]
+    rows, chosen = [], table["variants"]
+    base = chosen[base_key]
     for (label, arch), v in chosen.items():
         if (label, arch) == base_key:
             continue
         for lr in sorted({r["lr"] for r in v["all_runs"]} & {r["lr"] for r in base["all_runs"]}, key=order):
-            b_runs, c_runs = at_lr(base["all_runs"], lr, None), at_lr(v["all_runs"], lr, None)
-            b, nb, _, _ = measure_side(b_runs, table["method"])
-            c, nc, _, _ = measure_side(c_runs, table["method"])
+            b, nb, _, _ = measure_side(at_lr(base["all_runs"], lr, None), table["method"])
+            c, nc, _, _ = measure_side(at_lr(v["all_runs"], lr, None), table["method"])
             row = {"label": name(label, arch), "baseline": table["baseline"], "learning_rate": lr, "tuned": False}
             if not b or not c:
                 rows.append({**row, "gain": None, "note": "diverged" if not (b or c) else
                              f"{'baseline' if not b else 'variant'} diverged"})
                 continue
-            t = target if target is not None else default_target(b + c)
-            rows.append({**row, "target_loss": t, **one_gain(b, c, t, n_boot, interval, row["label"],
-                                                             table["baseline"], table["invert"])})
+            t = how.target if how.target is not None else default_target(b + c)
+            rows.append({**row, "target_loss": t, **one_gain(b, c, t, how, row["label"], table["baseline"])})
             rows[-1]["note"] = "; ".join(filter(None, nb + nc + [rows[-1]["note"]]))
         tuned = next(r for r in table["rows"] if r["label"] == name(label, arch))
         rows.append({**tuned, "learning_rate": v["lr"], "baseline_lr": base["lr"], "tuned": True})
     return rows
 
 
-def sensitivity_rows(table, chosen, base_key, n_boot, interval, name):
+def sensitivity_rows(table, base_key, how, name):
     """LR sensitivity: per variant with an LR grid, the gain (at the table's target, against the baseline at its
     chosen LR) when the variant runs at the neighbouring grid LRs instead of its chosen one. For the baseline
     row: the baseline at its chosen LR over itself at its neighbours (how much worse it gets there). Every seed
     that ran both is paired (with --measure_seeds the neighbouring LRs may have run on the other seeds only)."""
-    rows, base = [], chosen[base_key]
+    rows, chosen = [], table["variants"]
+    base = chosen[base_key]
     base_curves, _, _, _ = measure_side(at_lr(base["all_runs"], base["lr"], None), table["method"])
     for (label, arch), v in chosen.items():
         lrs = sorted({r["lr"] for r in v["all_runs"]}, key=order)
@@ -857,8 +828,7 @@ def sensitivity_rows(table, chosen, base_key, n_boot, interval, name):
             if not curves:
                 row["neighbours"].append({"learning_rate": lr, "gain": None, "note": "diverged"})
                 continue
-            g = one_gain(base_curves, curves, table["target"], n_boot, interval, row["label"], table["baseline"],
-                         table["invert"])
+            g = one_gain(base_curves, curves, table["target"], how, row["label"], table["baseline"])
             row["neighbours"].append({"learning_rate": lr, **{k: g[k] for k in (
                 "gain", "gain_low", "gain_high", "gain_bound", "n_pairs")},
                 "note": f"{n_div} of {n_seeds} seeds diverged" if n_div else ""})
@@ -1017,8 +987,7 @@ def plot_scale(study, rows, folder, written):
     ax.set_ylabel("gain (log scale; > 1: the first-named side needs less compute)")
     ax.set_title(plot_label(f"{study}: scale dependence of each gain\ndots: seeds; whiskers: {CI_LEVEL:.0%} "
                             f"t-interval over seeds; line: least-squares fit over seeds"), fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=7)
+    style(ax, legend=7)
     save(fig, os.path.join(folder, "scale_dependence.png"), written)
 
 
@@ -1231,16 +1200,20 @@ def comparison(row):
     return f"{row['label']} (baseline)" if row.get("is_baseline") else f"{row['gain_of']} over {row['gain_over']}"
 
 
+def ceg_heading(t):
+    """The lines that open a CEG table: the comparison, how the baseline was chosen, the table's notes."""
+    where = (f", width {t['width']}" if t["width"] is not None else "") + where_dataset(t)
+    sides = f"each variant over '{t['baseline']}'" if t.get("invert") else f"'{t['baseline']}' over each variant"
+    lines = [f"\n== {t['study']}{where}: compute-equivalent gain, {sides} =="]
+    if t["baseline_default"]:
+        lines.append(f"baseline '{t['baseline']}' by default ('baseline', else 'modern', else the first label "
+                     f"alphabetically); --baseline LABEL to choose")
+    return lines + [f"note: {note}" for note in t["notes"]]
+
+
 def print_ceg(tables, metric, verbose, interval="t"):
     for t in tables:
-        where = (f", width {t['width']}" if t["width"] is not None else "") + where_dataset(t)
-        sides = f"each variant over '{t['baseline']}'" if t.get("invert") else f"'{t['baseline']}' over each variant"
-        print(f"\n== {t['study']}{where}: compute-equivalent gain, {sides} ==")
-        if t["baseline_default"]:
-            print(f"baseline '{t['baseline']}' by default ('baseline', else 'modern', else the first label "
-                  f"alphabetically); --baseline LABEL to choose")
-        for note in t["notes"]:
-            print(f"note: {note}")
+        print("\n".join(ceg_heading(t)))
         if not t["rows"]:
             continue
         print(gain_header(t))
@@ -1336,33 +1309,82 @@ def print_vs(table, key, by, metric):
 
 
 # ----------------------------------------------------------------------------- plots
+# The toolkit's plot helpers first (fit_scaling.py's and progress.py's too): saving, log-axis ticks, colours and
+# the panel style; then analyze's figures, one function each.
 
 
-def short_e(v):
-    mantissa, exponent = f"{v:.0e}".split("e")
-    return f"{mantissa}e{int(exponent)}"  # 5e9, not 5e+09
+def save_figure(fig, path):
+    """Write fig to path as a PNG (its folder made when missing) and close it; returns path."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
-def tick_text(v):
-    """A log-axis tick label: plain decimals where they are short ('0.002', '300'), else '5e9'."""
-    return f"{v:g}" if 1e-4 <= abs(v) < 1e5 else short_e(v)
+def save(fig, path, written):
+    written.append(save_figure(fig, path))
 
 
-def log_ticks(ax, axis, lo, hi):
-    """Legible ticks on a log axis spanning [lo, hi]: major ticks at 1-2-5 (or fewer) per decade depending on the
-    span, labelled as plain numbers, minor ticks unlabelled (matplotlib's own labels crowd into
-    '2x10^-3 3x10^-3 4x10^-3' on short spans)."""
-    if not (lo > 0 and hi > 0 and math.isfinite(lo) and math.isfinite(hi)):
-        return
-    decades = math.log10(max(hi, lo * 1.0001) / lo)
-    subs = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.0) if decades < 0.6 else (1.0, 2.0, 3.0, 5.0) if decades < 1.3 else \
-        (1.0, 2.0, 5.0) if decades < 2.2 else (1.0, 3.0) if decades < 4 else (1.0,)
+def short_number(v, digits=3):
+    """Tick labels: 0.002, 1.5, 300, 1e12, 2.5e-5."""
+    if v == 0:
+        return "0"
+    if 1e-3 <= abs(v) < 1e4:
+        return f"{v:.{digits + 1}g}"
+    mantissa, exponent = f"{v:.{digits - 1}e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def log_ticks(ax, axis, lo=None, hi=None):
+    """Few labelled ticks on a log axis ('x' or 'y' of ax) spanning [lo, hi] (default: what it shows), in short
+    plain numbers with the fewest digits that tell them apart: matplotlib labels the minor ticks of an axis
+    spanning about a decade or less, and their "2x10^-3 3x10^-3 4x10^-3" labels overlap."""
+    ticker = matplotlib.ticker
     which = ax.xaxis if axis == "x" else ax.yaxis
-    which.set_major_locator(matplotlib.ticker.LogLocator(subs=subs, numticks=12))
-    which.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: tick_text(v)))
-    which.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    if decades > 6:  # one label per decade is still too many: let matplotlib thin the decades
-        which.set_major_locator(matplotlib.ticker.LogLocator(numticks=7))
+    if lo is None or not hi > lo:  # no range given, or a single value: the range shown
+        lo, hi = sorted(which.get_view_interval())
+    if not (lo > 0 and hi > lo and math.isfinite(hi)):
+        return
+    span = math.log10(hi / lo)
+    if span < 1:  # less than a decade: round numbers, thinned where the log scale crowds them (the top)
+        ticks = []
+        for t in ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi):
+            if lo <= t <= hi and t > 0 and (not ticks or math.log10(t / ticks[-1]) >= 0.12 * span):
+                ticks.append(t)
+        major = ticker.FixedLocator(ticks)
+    elif span <= 2.5:
+        major = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0))
+    else:  # decades, thinned to at most 8 labels
+        major = ticker.LogLocator(base=10, subs=(1.0,), numticks=8)
+    which.set_major_locator(major)
+    locs = [t for t in major.tick_values(lo, hi) if lo <= t <= hi]
+    digits = next((d for d in range(3, 9) if len({short_number(t, d) for t in locs}) == len(locs)), 9)
+    which.set_major_formatter(ticker.FuncFormatter(lambda v, pos: short_number(v, digits)))
+    which.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10), numticks=100))
+    which.set_minor_formatter(ticker.NullFormatter())
+
+
+def legible(ax):
+    """log_ticks on every log axis of ax (a plot's axes or a colorbar's)."""
+    for axis in ("x", "y"):
+        if (ax.get_xscale() if axis == "x" else ax.get_yscale()) == "log":
+            log_ticks(ax, axis)
+
+
+def colors(n):
+    """n distinct colours (tab10, tab20 beyond 10)."""
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def style(ax, legend=8, grid="both", title_size=None):
+    """The panel style of the plots: a light grid (of 'both' or the 'major' ticks), a legend in a small font
+    (legend: its size; None: no legend), and title_size for a long title."""
+    ax.grid(alpha=0.3, which=grid)
+    if legend:
+        ax.legend(fontsize=legend)
+    if title_size:
+        ax.title.set_fontsize(title_size)
 
 
 def plot_label(text):
@@ -1371,18 +1393,6 @@ def plot_label(text):
 
 def safe_name(text):
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(text)).strip("._")[:80] or "x"
-
-
-def colors(n):
-    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
-    return [cmap(i % cmap.N) for i in range(n)]
-
-
-def save(fig, path, written):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    written.append(path)
 
 
 def finite_range(values):
@@ -1435,8 +1445,7 @@ def plot_lr_sweeps(rows, study, folder, written):
         ax.set_title(f"width {w}")
         ax.set_xlabel("learning rate (log scale)")
         ax.set_ylabel("validation loss (nats/token)")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        style(ax)
     if low is not None and high is not None and high > low:
         axes.flat[0].set_ylim(low - 0.04 * (high - low), high)
     for ax in list(axes.flat)[len(panels):]:
@@ -1471,8 +1480,7 @@ def plot_lr_trend(trends, rows, study, folder, written):
     ax.set_xlabel("width n_embd (log scale)")
     ax.set_ylabel("best learning rate (log scale)")
     ax.set_title(plot_label(f"{study}: best LR vs width, log10(LR) = a + b log10(width)"))
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    style(ax)
     save(fig, os.path.join(folder, "lr_trend.png"), written)
 
 
@@ -1573,8 +1581,7 @@ def plot_per_lr(t, folder, written):
     ax.set_ylabel(plot_label(f"gain (> 1: {'the variant' if t['invert'] else repr(b)} needs less compute)"))
     ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: does the gain depend on the LR?\n"
                             f"paired by seed at each LR; whiskers: {interval_words(rows)}"), fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    style(ax)
     save(fig, os.path.join(folder, f"ceg_lr_w{t['width']}{file_dataset(t)}.png"), written)
 
 
@@ -1618,8 +1625,7 @@ def plot_curves(t, folder, written):
             "MID-SCHEDULE evaluation curves (no annealed points)")
     ax.set_title(plot_label(f"{t['study']}, width {t['width']}{where_dataset(t)}: validation loss vs compute, each "
                             f"label at its chosen LR\n{what}; diamonds: where the gain reads the target"), fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=8)
+    style(ax)
     save(fig, os.path.join(folder, f"curves_w{t['width']}{file_dataset(t)}.png"), written)
 
 
@@ -1633,10 +1639,10 @@ def plot_accuracy(records, study, folder, written):
         for ax, ((label,), rs) in zip(axes.flat, panels.items()):
             for color, r in zip(colors(len(rs)), rs):
                 step = r["acc"]["step"]
-                for name, style in (("train_acc", "--"), ("val_acc", "-")):
+                for name, line in (("train_acc", "--"), ("val_acc", "-")):
                     acc = r["acc"][name]
                     ok = np.isfinite(step) & np.isfinite(acc) & (step > 0)
-                    ax.plot(step[ok], acc[ok], style, color=color, lw=1.2,
+                    ax.plot(step[ok], acc[ok], line, color=color, lw=1.2,
                             label=plot_label(f"seed {r['seed']} {name.split('_')[0]}"))
             ax.axhline(ACC_TARGET, color="k", lw=0.6, ls=":")
             ax.set_xscale("log")
@@ -1646,8 +1652,7 @@ def plot_accuracy(records, study, folder, written):
             ax.set_title(plot_label(label))
             ax.set_xlabel("optimizer steps (log scale)")
             ax.set_ylabel("accuracy (fraction)")
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
+            style(ax, legend=7)
         for ax in list(axes.flat)[len(panels):]:
             ax.set_visible(False)
         fig.suptitle(plot_label(f"{study}, {dataset}: train (dashed) and validation (solid) accuracy; "
@@ -1685,9 +1690,7 @@ def plot_vs(rows, key, by, metric, study, folder, written):
     ax.set_title(plot_label(f"{study}: {metric} val loss vs {key}" + (f" by {by}" if by else "") +
                             "\nmean over seeds; dots: seeds, bars: seed range (a cell with several LRs: its best LR)"),
                  fontsize=10)
-    ax.grid(alpha=0.3, which="both")
-    if by:
-        ax.legend(fontsize=8)
+    style(ax, legend=8 if by else None)
     save(fig, os.path.join(folder, f"vs_{safe_name(key)}" + (f"_by_{safe_name(by)}" if by else "") + ".png"),
          written)
 
@@ -1813,7 +1816,7 @@ def seed_list(text, flag):
 def parse_args(argv):
     p = ArgumentParser(prog="analyze.py", description=__doc__.split("\n\n")[0].strip(),
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       epilog="See the module docstring (top of analyze.py) for what is computed and how.")
+                       epilog="README.md, section Analysis, says what is computed and how.")
     p.add_argument("results_dir", nargs="?", help="results folder, a study folder under it, or one run folder")
     p.add_argument("--baseline", help="label every variant is compared to (default per study: 'baseline', "
                                       "else 'modern', else the first label alphabetically)")
@@ -1865,7 +1868,8 @@ def check_seeds(records, args):
                             f"{', '.join(map(str, sorted(known, key=order)))}")
 
 
-def analyze(args):
+def run(argv):
+    args = parse_args(argv)
     coverage = None
     if args.coverage:
         coverage = coverage_table()
@@ -1894,12 +1898,7 @@ def analyze(args):
         print_acc(acc)
     if args.vs:
         print_vs(vs, args.vs, args.by, args.metric)
-
-    try:
-        plots = [] if args.no_plots else make_plots(records, lr_table, trends, tables, vs, scale, args)
-    except OSError as e:  # a read-only results folder, say
-        raise UserError(f"cannot write plots to {e.filename}: {e.strerror or e}; choose a folder with --plots DIR "
-                        f"or use --no-plots")
+    plots = [] if args.no_plots else write_plots(records, lr_table, trends, tables, vs, scale, args)
     print()
     for folder, names in group(plots, lambda p: (os.path.dirname(p),)).items():
         print(f"plots: {folder[0]}/ ({', '.join(os.path.basename(n) for n in names)})")
@@ -1908,6 +1907,19 @@ def analyze(args):
     out = report(records, skipped, lr_table, trends, tables, acc, vs, scale, plots, args.interval)
     if coverage:
         out["coverage"] = clean(coverage)
+    write_json_and_csv(out, args)
+    return 0
+
+
+def write_plots(records, lr_table, trends, tables, vs, scale, args):
+    try:
+        return make_plots(records, lr_table, trends, tables, vs, scale, args)
+    except OSError as e:  # a read-only results folder, say
+        raise UserError(f"cannot write plots to {e.filename}: {e.strerror or e}; choose a folder with --plots DIR "
+                        f"or use --no-plots")
+
+
+def write_json_and_csv(out, args):
     if args.json:
         try:
             results.write_json(args.json, out)
@@ -1924,18 +1936,12 @@ def analyze(args):
         except OSError as e:
             raise UserError(f"cannot write --csv {args.csv}: {e.strerror or e}")
         print(f"csv: {args.csv}/")
-    return 0
 
 
 def main(argv=None):
-    try:
-        return analyze(parse_args(argv))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `python analyze.py results/ | head`: stop quietly
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+    """The exit status, returned (sweep.py's tests and ours call it in-process): 0, or 2 for bad input after one
+    line on stderr."""
+    return cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from torch.nn import functional as F
 
 import results
 import train
-from configurator import UserError
+from configurator import ArgumentParser, UserError, cli_main
 
 
 # ------------------------------------------------------------------------------------------- train.py
@@ -609,23 +609,17 @@ def gpu_check(opts, config_args):
     device_arg = next((a.split("=", 1)[1] for a in config_args if a.startswith("--device=")), "cuda")
     unknown = [a for a in config_args if not a.startswith("--device=")]
     if unknown or device_arg not in ("cuda", "cpu") and not device_arg.startswith("cuda:"):
-        print(f"error: --gpu_check takes only --device=cuda[:N] or --device=cpu (a dry run), got "
-              f"{' '.join(config_args)}", file=sys.stderr)
-        return 2
+        raise UserError(f"--gpu_check takes only --device=cuda[:N] or --device=cpu (a dry run), got "
+                        f"{' '.join(config_args)}")
     cuda = device_arg != "cpu"
     if cuda and not torch.cuda.is_available():
-        print("error: --gpu_check needs a CUDA GPU and torch sees none here (torch.cuda.is_available() is False); "
-              "--gpu_check --device=cpu is a dry run of the same checks on the CPU", file=sys.stderr)
-        return 2
+        raise UserError("--gpu_check needs a CUDA GPU and torch sees none here (torch.cuda.is_available() is False); "
+                        "--gpu_check --device=cpu is a dry run of the same checks on the CPU")
     import prepare
     if not os.path.exists(os.path.join(opts.data_dir, "stdlib", "meta.json")):
         with contextlib.redirect_stdout(io.StringIO()):
             prepare.prepare("stdlib", data_dir=opts.data_dir)
-    try:
-        device = train.setup_device(train.resolve_config([f"--device={device_arg}"]))
-    except UserError as e:  # e.g. --device=cuda:3 on a machine with fewer GPUs
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    device = train.setup_device(train.resolve_config([f"--device={device_arg}"]))  # --device=cuda:3 may not exist
     tmp = tempfile.mkdtemp(prefix="gpu-check-")
     try:
         ctx = {"cuda": cuda, "device": device, "device_arg": device_arg, "data_dir": opts.data_dir, "tmp": tmp,
@@ -656,8 +650,8 @@ def gpu_check(opts, config_args):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run(argv):
+    parser = ArgumentParser(prog="bench.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", action="store_true", help="train.py vs the nanoGPT-class reference, + LSTM")
     parser.add_argument("--profile", action="store_true", help="torch profiler table for a few steps")
     parser.add_argument("--steps", type=int, default=50, help="timed optimizer steps (a multiple of --warmup)")
@@ -667,31 +661,31 @@ def main():
     parser.add_argument("--data_dir", default="data", help="where the embedded corpus is (prepared if missing)")
     parser.add_argument("--gpu_check", action="store_true", help="the GPU acceptance check: one table, exit 1 on a "
                         "failed check, 2 without CUDA (--device=cpu: a dry run on the CPU)")
-    opts, config_args = parser.parse_known_args()
+    opts, config_args = parser.parse_known_args(argv)
     if opts.gpu_check:
         return gpu_check(opts, config_args)
-    try:
-        import prepare
-        if not os.path.exists(os.path.join(opts.data_dir, "stdlib", "meta.json")):
-            prepare.prepare("stdlib", data_dir=opts.data_dir)
-        if opts.suite:
-            return suite(opts, opts.data_dir)
-        if opts.profile:
-            return profile(config_args, opts.data_dir)
-        config = train.resolve_config(config_args)
-        device_type = train.pick_device(config).split(":")[0]
-        dtypes = ["float32", "auto"] if config["dtype"] == "auto" else [config["dtype"]]
-        for dtype in dtypes:
-            r = time_trainer(config_args + [f"--dtype={dtype}"], opts.steps, opts.warmup, opts.data_dir)
-            peak = train.device_peak_flops(config, device_type, r["dtype"])
-            print(f"{config['arch']} {config['n_layer']}L x {config['n_embd']}, {r['n_params'] / 1e6:.2f}M params, "
-                  f"dtype {dtype} -> {r['dtype']}: {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s'] / 1e3:.1f}k "
-                  f"tokens/s, {r['flops_per_s'] / 1e9:.1f} GFLOP/s"
-                  + (f", MFU {100 * r['flops_per_s'] / peak:.1f}% of {peak / 1e9:.0f} GFLOP/s" if peak else ""))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    import prepare
+    if not os.path.exists(os.path.join(opts.data_dir, "stdlib", "meta.json")):
+        prepare.prepare("stdlib", data_dir=opts.data_dir)
+    if opts.suite:
+        return suite(opts, opts.data_dir)
+    if opts.profile:
+        return profile(config_args, opts.data_dir)
+    config = train.resolve_config(config_args)
+    device_type = train.pick_device(config).split(":")[0]
+    dtypes = ["float32", "auto"] if config["dtype"] == "auto" else [config["dtype"]]
+    for dtype in dtypes:
+        r = time_trainer(config_args + [f"--dtype={dtype}"], opts.steps, opts.warmup, opts.data_dir)
+        peak = train.device_peak_flops(config, device_type, r["dtype"])
+        print(f"{config['arch']} {config['n_layer']}L x {config['n_embd']}, {r['n_params'] / 1e6:.2f}M params, "
+              f"dtype {dtype} -> {r['dtype']}: {r['ms_per_step']:.1f} ms/step, {r['tokens_per_s'] / 1e3:.1f}k "
+              f"tokens/s, {r['flops_per_s'] / 1e9:.1f} GFLOP/s"
+              + (f", MFU {100 * r['flops_per_s'] / peak:.1f}% of {peak / 1e9:.0f} GFLOP/s" if peak else ""))
     return 0
+
+
+def main(argv=None):
+    return cli_main(run, argv)
 
 
 if __name__ == "__main__":

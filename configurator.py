@@ -10,12 +10,16 @@ A config file is executed with the current values in scope, so it can read them 
 and can pull in another file with include('other.py') (relative to the including file). Every name it
 sets must be a known key. sweep.py and bench.py use the same functions, so a sweep is validated exactly
 as the run it will launch.
+
+Also the scripts' shared plumbing: UserError (bad input: one line, exit 2), cli_main (a script's main),
+ArgumentParser, exec_user_file (config, sweep and ledger files are user code) and message helpers.
 """
 import argparse
 import ast
 import difflib
 import os
 import sys
+import traceback
 import types
 
 
@@ -31,6 +35,12 @@ def closest_key(key, known):
 def unknown_key_error(key, known, where):
     return UserError(f"unknown config key '{key}' {where}{closest_key(key, known)}; "
                      f"`python train.py --help` lists the keys")
+
+
+def difference_text(old, new, keys, show=repr, absent="<absent>"):
+    """'key: old -> new' for each key, comma-separated: what differs between two configs, for messages.
+    A key missing on one side shows as `absent` (through show)."""
+    return ", ".join(f"{k}: {show(old.get(k, absent))} -> {show(new.get(k, absent))}" for k in keys)
 
 
 def coerce(key, value, default, raw=None):
@@ -74,42 +84,54 @@ def coerce(key, value, default, raw=None):
     return value
 
 
-def parse_value(key, raw, default):
+def parse_literal(raw):
+    """Command-line text as the Python literal it spells (1e-3, [1, 2], True, 'x'), else the text itself (a bare
+    word: --device=cpu)."""
     try:
-        value = ast.literal_eval(raw)
+        return ast.literal_eval(raw)
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        value = raw  # a bare word: --device=cpu
-    return coerce(key, value, default, raw)
+        return raw
+
+
+def parse_value(key, raw, default):
+    return coerce(key, parse_literal(raw), default, raw)
+
+
+def exec_user_file(path, namespace, kind):
+    """Execute a config or sweep file (kind: 'config file', 'sweep file') in namespace. It is user code: a file
+    that cannot be read or parsed, or whose code raises, is a one-line UserError naming the file (and the line);
+    so is a helper's UserError (include, best_lr, ...), unless it names the file already."""
+    try:
+        with open(path) as f:
+            code = compile(f.read(), path, "exec")
+    except SyntaxError as e:
+        raise UserError(f"{path}:{e.lineno}: syntax error in {kind}: {e.msg}")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"cannot read {kind} {path}: {e}")
+    except (MemoryError, RecursionError):  # CPython's parser gives up on brackets nested a few hundred deep
+        raise UserError(f"{path}: too deeply nested for Python to parse; a {kind} sets plain values")
+    namespace["__file__"] = path
+    try:
+        exec(code, namespace)
+    except UserError as e:
+        raise e if str(e).startswith(path) else UserError(f"{path}: {e}")
+    except Exception as e:
+        lines = [frame.lineno for frame in traceback.extract_tb(e.__traceback__) if frame.filename == path]
+        raise UserError(f"{path}{f':{lines[-1]}' if lines else ''}: {type(e).__name__}: {e}")
 
 
 def apply_config_file(path, config, defaults):
     """Execute one config file with config's values in scope; fold its assignments into config."""
     if not os.path.isfile(path):
         raise UserError(f"config file not found: {path}")
-    try:
-        with open(path) as f:
-            source = f.read()
-        code = compile(source, path, "exec")
-    except SyntaxError as e:
-        raise UserError(f"{path}:{e.lineno}: syntax error in config file: {e.msg}")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"cannot read config file {path}: {e}")
-    except (MemoryError, RecursionError):  # CPython's parser gives up on brackets nested a few hundred deep
-        raise UserError(f"{path}: too deeply nested for Python to parse; a config file sets plain values")
     namespace = dict(config)
-    namespace["__file__"] = path
 
     def include(other):  # another config file, relative to this one, applied at this point
         namespace.update(apply_config_file(os.path.join(os.path.dirname(path), other),
                                            namespace_config(namespace, defaults, path), defaults))
 
     namespace["include"] = include
-    try:
-        exec(code, namespace)
-    except UserError:
-        raise
-    except Exception as e:  # a config file is user code: report its error as one line
-        raise UserError(f"{path}: {type(e).__name__}: {e}")
+    exec_user_file(path, namespace, "config file")
     return namespace_config(namespace, defaults, path)
 
 
@@ -136,13 +158,19 @@ def parse_args(args, defaults):
             config.update(apply_config_file(arg, config, defaults))
             config_files.append(arg)
             continue
-        if "=" not in arg:
-            raise UserError(f"argument '{arg}' needs a value: write --key=value")
-        key, raw = arg[2:].split("=", 1)
-        if key not in defaults:
-            raise unknown_key_error(key, defaults, "on the command line")
+        key, raw = split_override(arg, defaults)
         config[key] = parse_value(key, raw, defaults[key])
     return config, config_files
+
+
+def split_override(arg, defaults):
+    """(key, raw text) of a --key=value argument; the key must be one of defaults."""
+    if "=" not in arg:
+        raise UserError(f"argument '{arg}' needs a value: write --key=value")
+    key, raw = arg[2:].split("=", 1)
+    if key not in defaults:
+        raise unknown_key_error(key, defaults, "on the command line")
+    return key, raw
 
 
 def describe_keys(source_path, defaults):
@@ -163,10 +191,20 @@ class ArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{message} (python {self.prog} --help lists the options)")
 
 
+def available_cores():
+    """The CPU cores this process may run on (its affinity mask: a SLURM allocation, taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def cli_main(run, argv=None):
-    """A script's main: run(argv); bad input (a UserError) is one line on stderr and exit 2."""
+    """A script's main: returns the exit status of run(argv) (0 unless run returns an int). Bad input (a UserError)
+    is one line on stderr and status 2; a reader that leaves early (`python sweep.py --list | head`) is no error."""
     try:
-        run(sys.argv[1:] if argv is None else argv)
+        status = run(sys.argv[1:] if argv is None else argv)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return 2
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
+    return status if isinstance(status, int) else 0

@@ -16,7 +16,6 @@ build_model, make_optimizer, and the training loop's lr = learning_rate * lr_mul
 parametrization that training uses. n_head is fixed across widths (the muP convention: head size grows), the LR
 is constant (no warmup, which would hide the first steps), and weight decay, dropout and clipping are off.
 """
-import argparse
 import json
 import os
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import torch
 
 import train
-from configurator import UserError
+from configurator import ArgumentParser, UserError, cli_main
 
 KINDS = ("embedding", "attention", "mlp", "logits")
 FIXED_KEYS = ("n_embd", "n_head", "n_layer", "use_mup", "mup_base_width", "optimizer", "learning_rate", "block_size",
@@ -173,8 +172,8 @@ def plot(result, widths, path, title):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0], allow_abbrev=False,
-                                epilog="Other --key=value arguments are train.py config keys.")
+    p = ArgumentParser(prog="coord_check.py", description=__doc__.strip().splitlines()[0], allow_abbrev=False,
+                       epilog="Other --key=value arguments are train.py config keys.")
     p.add_argument("--widths", default="64,128,256,512,1024", help="comma-separated n_embd values")
     p.add_argument("--steps", type=int, default=5, help="training steps (= recorded forward passes)")
     p.add_argument("--out", default="coord_check", help="folder for coord_check.png and coord_check.json")
@@ -205,13 +204,9 @@ def parse_args(argv):
     return args, extra
 
 
-def main(argv):
-    try:
-        args, extra = parse_args(argv)
-        result = collect(args, extra, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def run(argv):
+    args, extra = parse_args(argv)
+    result = collect(args, extra, progress=lambda msg: print(msg, file=sys.stderr, flush=True))
     print(table(result, args.widths))
     ratios = growth(result)
     print("growth widest/narrowest at the last step: " + "; ".join(
@@ -227,5 +222,9 @@ def main(argv):
     return 0
 
 
+def main(argv=None):
+    return cli_main(run, argv)
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

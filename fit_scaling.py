@@ -6,67 +6,17 @@ one model family over another as a function of compute.
     python fit_scaling.py results/<study> --compare modern lstm --extrapolate 1e22 --json fits.json
     python fit_scaling.py points.csv                           # columns params,tokens,loss or params,flops,loss
 
-Inputs
-  A results folder: every completed run gives (N, D, C, loss) points of three kinds: its annealed points
-  (anneal.csv: the final loss of a standalone run of each cooldown budget), its final point (the last
-  evaluation: the loss of a run trained for its whole budget) and its other evaluations (mid-schedule, LR
-  still high). N is derived.n_params from config.json (--params total, the default: all parameters, as
-  Chinchilla counted them; --params non_embedding: Kaplan's N), D the tokens column, C the flops column
-  (tokens x derived.flops_per_token, as train.py counts FLOPs; --flops 6nd: 6ND), loss val_loss. Runs
-  are grouped into families by their config 'label' (--group arch: by 'arch'); --only picks families;
-  --min_tokens, --min_frac (drop the first fraction of each run's tokens) and --final_only (the final
-  point of each run) select points.
-  A CSV file: columns params and loss, plus tokens or flops (D = C / 6N when only flops is given; C = 6ND
-  when only tokens is). Epoch AI's names ("Model Size", "Training Tokens", "Training FLOP", "loss") work,
-  and an optional 'label' column splits the rows into families. Each row is a run's final point (a 'run'
-  column groups rows into runs).
-
-Which points (the Kaplan-style design that Chinchilla corrected used mid-schedule losses)
-  Approach 3 and the isoFLOP view: per run its annealed points and its final point. --all_points: every
-  evaluation too, labelled as such.
-  Frontier: per run its annealed points and final point where it has anneal.csv; a run without one falls
-  back to its every evaluation (mid-schedule losses, above what a run trained for that compute reaches:
-  an upper bound on the frontier), labelled with the number of such runs.
-
-Fits, per family
-  Approach 3 (Hoffmann et al. 2022, fitted as in Besiroglu et al. 2024, "Chinchilla Scaling: A
-  replication attempt"): L(N, D) = E + A/N^alpha + B/D^beta, fitted in log space as
-  LSE(a - alpha log N, b - beta log D, e) with a = log A, b = log B, e = log E, minimising the Huber loss
-  (delta 1e-3) of LSE - log L summed over points, with L-BFGS from a grid of starts (--grid epoch: their
-  4500 starts; --grid fast, the default: 108 of them, which reached the same optimum on their data and
-  on synthetic laws, 25x faster); the best few are polished with tight tolerances. --drop_highest 5
-  drops the 5 highest losses first, as they did. It refuses (one line, the frontier is still fitted)
-  unless its points identify the law: 3+ distinct N and 3+ distinct D (a power law plus a constant
-  along an axis takes 3 values), 8+ distinct (N, D) points, and log D not a linear function of log N
-  (a fixed tokens-per-parameter design cannot tell the N term from the D term). A fit whose E or an
-  exponent goes to zero, or whose bootstrap intervals span orders of magnitude, prints "not identified:
-  <why>" instead of its tables. The compute-optimal allocation minimises L(N, D) at each budget C with
-  C(N, D) = flops_per_token(N) x D in the flops column's units (FLOPs per token per parameter taken from
-  the family's runs, interpolated in log N, held at the end widths' values beyond them); under C = 6ND it
-  is N_opt = G (C/6)^a, D_opt = (C/6)^b / G with a = beta/(alpha+beta), b = alpha/(alpha+beta),
-  G = (alpha A / (beta B))^(1/(alpha+beta)) (allocation()).
-  Frontier law: the Pareto lower envelope of (C, loss) over a family's points (a point is on it when no
-  point with lower or equal compute has a lower loss), fitted as L(C) = E + a C^-b the same way (E free,
-  or fixed for every family with --irreducible). A frontier of one size (every frontier point from runs
-  of one N, e.g. an LR sweep) is not a scaling frontier: a warning says so.
-  Intervals: bootstrap over runs (the default: all points of a run together, since consecutive points of
-  one run share its noise), refitting each resample; the frontier is re-selected inside every resample.
-  --bootstrap_over points resamples points instead (too narrow when a run's points are correlated).
-  isoFLOP view (approach 2), when some budget has 3+ widths: loss vs log N parabola per budget.
-
-Compute-equivalent gain, --compare A B ("A over B")
-  CEG(C) = C_B(L_A(C)) / C: family B needs CEG(C) times the compute C that family A spends to reach the
-  loss L_A(C) that A reaches with C; > 1 means A is better (needs less compute). --invert prints B over A
-  (the same pairs of equal-loss computes, read from B's side: exactly 1 / CEG at each loss). From the two
-  frontier laws, C_B(L) = (a_B / (L - E_B))^(1/b_B); a loss at or below E_B is unreachable for B. Printed
-  at round budgets over A's measured range (and up to --extrapolate), with a bootstrap band; a row is
-  'measured' only when C lies in A's frontier data and C_B in B's, every other row is 'extrapolated'.
-
-Output: tables on stdout; --json FILE (per family: approach3 {E, A, B, alpha, beta, ci, allocation,
-identified, not_identified, bootstrap_samples} or {identified: false, refused}, frontier {E, a, b, ci,
-bootstrap_samples, warnings}; with one identified family its E, A, B, alpha, beta, ci also at the top
-level; compare {A, B, rows, convention}); PNG plots (frontier, approach3, residuals, ceg, isoflop) in
-<input>/plots, or --plots DIR, or --no_plots. Bad input exits with status 2 and one line on stderr.
+A results folder gives (N, D, C, loss) points from every completed run: its annealed points (anneal.csv), its
+final point and its mid-schedule evaluations; families are config labels (--group arch: archs). A CSV gives one
+final point per row. Per family it fits approach 3, L(N, D) = E + A/N^alpha + B/D^beta (Besiroglu et al.'s
+Huber fit from a grid of L-BFGS starts; refused in one line unless the points identify it), with the
+compute-optimal allocation; the frontier law L(C) = E + a C^-b on the Pareto frontier of (C, loss); the isoFLOP
+view where a budget has 3+ widths; bootstrap intervals over runs. --compare A B prints CEG(C) = C_B(L_A(C)) / C,
+"A over B" (> 1: A is better), each row measured or extrapolated.
+Output: tables on stdout; --json FILE (per family approach3 and frontier, and compare); PNGs (frontier,
+approach3, residuals, ceg, isoflop) in <input>/plots, or --plots DIR, or --no_plots. Bad input exits with
+status 2 and one line on stderr. README.md, "Scaling fits", has the inputs, the fits, their intervals and
+refusals, and the JSON fields.
 """
 import os
 
@@ -83,10 +33,12 @@ import sys
 import textwrap
 import time
 
+import matplotlib
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 
 import results
+from analyze import colors, legible, plt, save_figure, style  # the toolkit's plot helpers (and its pyplot: Agg)
 from configurator import ArgumentParser, UserError, cli_main
 
 HUBER_DELTA = 1e-3
@@ -324,7 +276,7 @@ def points_label(fam, args, purpose):
             return f"points: every evaluation of the {len(runs)} runs (fallback: no anneal.csv; {why})"
         return (f"points: annealed (anneal.csv) and final for {len(with_anneal)} run(s); every evaluation for "
                 f"{len(runs) - len(with_anneal)} run(s) without anneal.csv (fallback: {why})")
-    if getattr(args, "input_kind", "runs") == "csv":
+    if args.input_kind == "csv":
         return f"points: the CSV's rows, each a run's final loss ({len(runs)} runs)"
     if n_anneal:
         return f"points: annealed ({n_anneal} from anneal.csv) and each run's final point ({len(runs)} runs)"
@@ -878,7 +830,7 @@ def compute_note(families, args):
     six = all(np.allclose(f["C"], 6 * f["N"] * f["D"], rtol=1e-9) for f in families.values())
     if six:
         return "C = 6ND FLOPs (the input gives tokens, not FLOPs)"
-    if getattr(args, "input_kind", "runs") == "csv":
+    if args.input_kind == "csv":
         return "C in FLOPs: the CSV's flops column"
     return "C in FLOPs: the flops column (tokens x derived.flops_per_token, attention and head included)"
 
@@ -1035,67 +987,42 @@ def json_report(source, families, fits, skipped, comparison, args):
 
 # ----------------------------------------------------------------------------- plots
 
-def short_number(v, digits=3):
-    """Tick labels: 0.002, 1.5, 300, 1e12, 2.5e-5."""
-    if v == 0:
-        return "0"
-    if 1e-3 <= abs(v) < 1e4:
-        return f"{v:.{digits + 1}g}"
-    text = f"{v:.{digits}g}"
-    mantissa, exponent = text.split("e") if "e" in text else (text, "0")
-    return f"{mantissa}e{int(exponent)}"
+def colorbar(fig, mappable, ax, label):
+    """A colorbar beside ax, with legible log ticks."""
+    legible(fig.colorbar(mappable, ax=ax, label=label).ax)
 
 
-def legible_log_axis(axis):
-    """Few labelled ticks on a log axis, in short plain numbers: matplotlib labels the minor ticks of an
-    axis spanning about a decade or less, and their "2x10^-3 3x10^-3 4x10^-3" labels overlap."""
-    from matplotlib import ticker
-    lo, hi = sorted(axis.get_view_interval())
-    if not (lo > 0 and hi > lo and math.isfinite(hi)):
-        return
-    span = math.log10(hi / lo)
-    if span < 1:  # less than a decade: round numbers, thinned where the log scale crowds them (the top)
-        ticks = []
-        for t in ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo, hi):
-            if lo <= t <= hi and t > 0 and (not ticks or math.log10(t / ticks[-1]) >= 0.12 * span):
-                ticks.append(t)
-        major = ticker.FixedLocator(ticks)
-    elif span <= 2.5:
-        major = ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0))
-    else:  # decades, thinned to at most 8 labels
-        major = ticker.LogLocator(base=10, subs=(1.0,), numticks=8)
-    axis.set_major_locator(major)
-    locs = [t for t in major.tick_values(lo, hi) if lo <= t <= hi]
-    digits = next((d for d in range(3, 9) if len({short_number(t, d) for t in locs}) == len(locs)), 9)
-    axis.set_major_formatter(ticker.FuncFormatter(lambda v, pos: short_number(v, digits)))
-    axis.set_minor_locator(ticker.LogLocator(base=10, subs=np.arange(2, 10), numticks=100))
-    axis.set_minor_formatter(ticker.NullFormatter())
-
-
-def legible(ax):
-    """Apply legible_log_axis to every log axis of ax (a plot's axes or a colorbar's)."""
-    if ax.get_xscale() == "log":
-        legible_log_axis(ax.xaxis)
-    if ax.get_yscale() == "log":
-        legible_log_axis(ax.yaxis)
+def save(fig, plot_dir, name):
+    """fit_scaling's and progress.py's figures (colorbars, several panels) are laid out tight before saving."""
+    fig.tight_layout()
+    return save_figure(fig, os.path.join(plot_dir, name))
 
 
 def make_plots(families, used, fits, comparison, plot_dir, args):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    os.makedirs(plot_dir, exist_ok=True)
-    written = []
-    colors = {name: plt.cm.tab10(i % 10) for i, name in enumerate(families)}
+    """The PNGs in plot_dir: frontier, approach3 (of identified families), residuals, ceg (with --compare) and
+    isoflop (when some budget has 3+ widths). Returns their paths."""
     units = "FLOPs, 6ND" if args.flops == "6nd" else "FLOPs"
-    which = "every evaluation" if args.all_points else \
-        "the CSV's" if getattr(args, "input_kind", "runs") == "csv" else "annealed and final"
+    which = "every evaluation" if args.all_points else "the CSV's" if args.input_kind == "csv" else \
+        "annealed and final"
+    a3 = [name for name in families if (fits[name].get("approach3") or {}).get("identified")]
+    iso = [(name, fits[name]["isoflop"]) for name in families if fits[name].get("isoflop")]
+    written = [plot_frontier(families, fits, plot_dir, args, units)]
+    if a3:
+        written.append(plot_approach3(a3, used, fits, plot_dir, args, which))
+    written.append(plot_residuals(families, used, fits, a3, plot_dir, units))
+    if comparison:
+        written.append(plot_ceg(comparison, fits, plot_dir, args, units))
+    if iso:
+        written.append(plot_isoflop(iso, plot_dir, args, units, which))
+    return written
 
-    # loss vs compute per family: mid-schedule points faint, annealed/final points hollow, the frontier
-    # outlined, the fitted frontier law (dashed beyond data)
+
+def plot_frontier(families, fits, plot_dir, args, units):
+    """Loss vs compute per family: mid-schedule points faint, annealed and final points hollow, the frontier
+    filled, the fitted frontier law (dashed beyond the data)."""
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    for name, fam in families.items():
-        f, col = fits[name]["frontier"], colors[name]
+    for (name, fam), col in zip(families.items(), colors(len(families))):
+        f = fits[name]["frontier"]
         mid = fam["kind"] == "eval"
         ax.scatter(fam["C"][mid], fam["L"][mid], s=5, color=col, alpha=0.2, lw=0)
         ax.scatter(fam["C"][~mid], fam["L"][~mid], s=16, facecolor="none", edgecolor=col, lw=0.8)
@@ -1112,92 +1039,61 @@ def make_plots(families, used, fits, comparison, plot_dir, args):
     ax.set(xscale="log", yscale="log", xlabel=f"training compute C ({units})", ylabel="loss",
            title="Loss vs compute: mid-schedule evaluations (faint), annealed and final points (hollow),\n"
                  "Pareto frontier (filled), frontier law (dashed: extrapolated, dotted: E)")
-    ax.title.set_fontsize(9)
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    style(ax, title_size=9)
     legible(ax)
-    written.append(save(fig, plot_dir, "frontier.png"))
+    return save(fig, plot_dir, "frontier.png")
 
-    # approach 3: loss vs tokens, coloured by N, with the law's curve for up to 8 representative widths
-    a3 = [name for name in families if (fits[name].get("approach3") or {}).get("identified")]
-    if a3:
-        fig, axes = plt.subplots(1, len(a3), figsize=(6.5 * len(a3), 5), squeeze=False)
-        for ax, name in zip(axes[0], a3):
-            fam, p = used[name]["approach3"], fits[name]["approach3"]
-            lognorm = matplotlib.colors.LogNorm(fam["N"].min(), fam["N"].max())
-            sc = ax.scatter(fam["D"], fam["L"], c=fam["N"], norm=lognorm, cmap="viridis", s=10)
-            widths = np.unique(fam["N"])
-            show = widths if len(widths) <= 8 else widths[np.linspace(0, len(widths) - 1, 8).astype(int)]
-            grid = np.logspace(math.log10(fam["D"].min()), math.log10(fam["D"].max()), 60)
-            for n in show:  # the law at this width over the family's whole token range
-                model = np.exp(lse_law(p["theta"], np.log(np.vstack([np.full_like(grid, n), grid])))[0])
-                ax.plot(grid, model, color=plt.cm.viridis(lognorm(n)), lw=1.2)
-            cbar = fig.colorbar(sc, ax=ax, label=f"N ({args.params} parameters)")
-            ax.set(xscale="log", yscale="log", xlabel="tokens D",
-                   ylabel=f"loss (lines: the law at {len(show)} of the {len(widths)} widths)",
-                   title=f"{name}: approach 3 on {which} points\nE={fmt(p['E'], 3)} A={fmt(p['A'], 3)} "
-                         f"B={fmt(p['B'], 3)} alpha={fmt(p['alpha'], 3)} beta={fmt(p['beta'], 3)}")
-            ax.title.set_fontsize(9)
-            ax.grid(True, which="both", alpha=0.3)
-            legible(ax)
-            legible(cbar.ax)
-        written.append(save(fig, plot_dir, "approach3.png"))
 
-    # residuals (observed - fitted log loss) vs compute: approach 3 (coloured by N) and frontier law
+def plot_approach3(names, used, fits, plot_dir, args, which):
+    """Loss vs tokens per identified family, coloured by N, with the law's curve at up to 8 of its widths."""
+    fig, axes = plt.subplots(1, len(names), figsize=(6.5 * len(names), 5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        fam, p = used[name]["approach3"], fits[name]["approach3"]
+        lognorm = matplotlib.colors.LogNorm(fam["N"].min(), fam["N"].max())
+        sc = ax.scatter(fam["D"], fam["L"], c=fam["N"], norm=lognorm, cmap="viridis", s=10)
+        widths = np.unique(fam["N"])
+        show = widths if len(widths) <= 8 else widths[np.linspace(0, len(widths) - 1, 8).astype(int)]
+        grid = np.logspace(math.log10(fam["D"].min()), math.log10(fam["D"].max()), 60)
+        for n in show:  # the law at this width over the family's whole token range
+            model = np.exp(lse_law(p["theta"], np.log(np.vstack([np.full_like(grid, n), grid])))[0])
+            ax.plot(grid, model, color=plt.cm.viridis(lognorm(n)), lw=1.2)
+        colorbar(fig, sc, ax, f"N ({args.params} parameters)")
+        ax.set(xscale="log", yscale="log", xlabel="tokens D",
+               ylabel=f"loss (lines: the law at {len(show)} of the {len(widths)} widths)",
+               title=f"{name}: approach 3 on {which} points\nE={fmt(p['E'], 3)} A={fmt(p['A'], 3)} "
+                     f"B={fmt(p['B'], 3)} alpha={fmt(p['alpha'], 3)} beta={fmt(p['beta'], 3)}")
+        style(ax, legend=None, title_size=9)
+        legible(ax)
+    return save(fig, plot_dir, "approach3.png")
+
+
+def plot_residuals(families, used, fits, a3, plot_dir, units):
+    """Observed - fitted log loss against compute, per family: approach 3 (coloured by N) and the frontier law."""
     fig, axes = plt.subplots(len(families), 2, figsize=(12, 3.6 * len(families)), squeeze=False)
-    for row, name in zip(axes, families):
+    for row, name, col in zip(axes, families, colors(len(families))):
         fit = fits[name]
         if name in a3:
             fam = used[name]["approach3"]
             sc = row[0].scatter(fam["C"], fit["approach3"]["residuals"], c=fam["N"], cmap="viridis", s=8,
                                 norm=matplotlib.colors.LogNorm(fam["N"].min(), fam["N"].max()))
-            legible(fig.colorbar(sc, ax=row[0], label="N").ax)
+            colorbar(fig, sc, row[0], "N")
         else:
             row[0].text(0.5, 0.5, "approach 3 not fitted or not identified", ha="center",
                         transform=row[0].transAxes)
         pts = np.array(fit["frontier"]["points"])
-        row[1].scatter(pts[:, 0], fit["frontier"]["residuals"], color=colors[name], s=14)
+        row[1].scatter(pts[:, 0], fit["frontier"]["residuals"], color=col, s=14)
         for ax, what in zip(row, ("approach 3", "frontier law")):
             ax.axhline(0, color="k", lw=0.8)
             ax.set(xscale="log", xlabel=f"compute C ({units})", ylabel="log L observed - fitted",
                    title=f"{name}: {what} residuals")
-            ax.grid(True, alpha=0.3)
+            style(ax, legend=None, grid="major")
             legible(ax)
-    written.append(save(fig, plot_dir, "residuals.png"))
-
-    if comparison:
-        written.append(plot_ceg(comparison, fits, plot_dir, args, units, plt))
-
-    iso = [(name, fits[name]["isoflop"]) for name in families if fits[name].get("isoflop")]
-    if iso:
-        fig, axes = plt.subplots(1, len(iso), figsize=(6.5 * len(iso), 5), squeeze=False)
-        for ax, (name, profiles) in zip(axes[0], iso):
-            budgets = [prof["C"] for prof in profiles]
-            spread = 1.0001 if len(budgets) > 1 else 2.0  # one budget: a colour scale around it
-            norm = matplotlib.colors.LogNorm(min(budgets) / spread, max(budgets) * spread)
-            cmap = matplotlib.colors.ListedColormap(plt.cm.plasma(np.linspace(0, 0.85, 256)))  # no pale yellow
-            for prof in profiles:
-                col = cmap(norm(prof["C"]))
-                ax.scatter(np.exp(prof["logN"]), prof["L"], color=col, s=10)
-                x = np.linspace(prof["logN"].min(), prof["logN"].max(), 50)
-                if prof["interior"]:
-                    ax.plot(np.exp(x), np.polyval(prof["coef"], x), color=col, lw=1)
-                    ax.plot(prof["N_opt"], np.polyval(prof["coef"], math.log(prof["N_opt"])), "k*", ms=8)
-                else:  # no minimum inside the widths: the parabola says little
-                    ax.plot(np.exp(x), np.polyval(prof["coef"], x), color=col, lw=0.6, ls="--", alpha=0.5)
-            cbar = fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=f"budget C ({units})")
-            ax.set(xscale="log", xlabel=f"N ({args.params} parameters)", ylabel="loss",
-                   title=f"{name}: isoFLOP profiles of {which} points\n(star: parabola minimum; dashed: none "
-                         f"inside the widths)")
-            ax.title.set_fontsize(9)
-            ax.grid(True, which="both", alpha=0.3)
-            legible(ax)
-            legible(cbar.ax)
-        written.append(save(fig, plot_dir, "isoflop.png"))
-    return written
+    return save(fig, plot_dir, "residuals.png")
 
 
-def plot_ceg(cmp, fits, plot_dir, args, units, plt):
+def plot_ceg(cmp, fits, plot_dir, args, units):
+    """CEG(C) of --compare A B from the two frontier laws, measured (solid) and extrapolated (dashed), with the
+    bootstrap band."""
     fa, fb = fits[cmp["A"]]["frontier"], fits[cmp["B"]]["frontier"]
     lo, hi = fa["C_range"]
     top = max(hi, args.extrapolate or 0)
@@ -1231,23 +1127,44 @@ def plot_ceg(cmp, fits, plot_dir, args, units, plt):
            title="\n".join(textwrap.wrap(cmp["convention"], 100) + (
                [f"warning: the frontier of {' and '.join(repr(n) for n in cmp['one_size'])} spans one size, "
                 f"not a scaling frontier"] if cmp["one_size"] else [])))
-    ax.title.set_fontsize(8)
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
+    style(ax, title_size=8)
     legible(ax)
     return save(fig, plot_dir, "ceg.png")
 
 
-def save(fig, plot_dir, name):
-    path = os.path.join(plot_dir, name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    import matplotlib.pyplot as plt
-    plt.close(fig)
-    return path
+def plot_isoflop(iso, plot_dir, args, units, which):
+    """Loss vs N at each budget with its parabola and minimum (approach 2), per family with such budgets."""
+    fig, axes = plt.subplots(1, len(iso), figsize=(6.5 * len(iso), 5), squeeze=False)
+    cmap = matplotlib.colors.ListedColormap(plt.cm.plasma(np.linspace(0, 0.85, 256)))  # no pale yellow
+    for ax, (name, profiles) in zip(axes[0], iso):
+        budgets = [prof["C"] for prof in profiles]
+        spread = 1.0001 if len(budgets) > 1 else 2.0  # one budget: a colour scale around it
+        norm = matplotlib.colors.LogNorm(min(budgets) / spread, max(budgets) * spread)
+        for prof in profiles:
+            col = cmap(norm(prof["C"]))
+            ax.scatter(np.exp(prof["logN"]), prof["L"], color=col, s=10)
+            x = np.linspace(prof["logN"].min(), prof["logN"].max(), 50)
+            if prof["interior"]:
+                ax.plot(np.exp(x), np.polyval(prof["coef"], x), color=col, lw=1)
+                ax.plot(prof["N_opt"], np.polyval(prof["coef"], math.log(prof["N_opt"])), "k*", ms=8)
+            else:  # no minimum inside the widths: the parabola says little
+                ax.plot(np.exp(x), np.polyval(prof["coef"], x), color=col, lw=0.6, ls="--", alpha=0.5)
+        colorbar(fig, plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax, f"budget C ({units})")
+        ax.set(xscale="log", xlabel=f"N ({args.params} parameters)", ylabel="loss",
+               title=f"{name}: isoFLOP profiles of {which} points\n(star: parabola minimum; dashed: none "
+                     f"inside the widths)")
+        style(ax, legend=None, title_size=9)
+        legible(ax)
+    return save(fig, plot_dir, "isoflop.png")
 
 
 # ----------------------------------------------------------------------------- main
+
+def check_level(ci):
+    """--ci, here and in progress.py: a confidence level."""
+    if not 0 < ci < 1:
+        raise UserError(f"--ci {ci:g}: give a level between 0 and 1, e.g. 0.95")
+
 
 def parse_args(argv):
     p = ArgumentParser(prog="fit_scaling.py", description=__doc__.split("\n\n")[0].strip(),
@@ -1286,8 +1203,8 @@ def parse_args(argv):
     p.add_argument("--plots", metavar="DIR", help="where PNGs go (default <input>/plots)")
     p.add_argument("--no_plots", action="store_true")
     args = p.parse_args(argv)
-    if not 0 < args.ci < 1:
-        raise UserError(f"--ci {args.ci:g}: give a level between 0 and 1, e.g. 0.95")
+    args.input_kind = "runs" if os.path.isdir(args.input) else "csv"  # the tables say which
+    check_level(args.ci)
     if args.bootstrap < 0 or args.drop_highest < 0:
         raise UserError("--bootstrap and --drop_highest must be 0 or more")
     if not 0 <= args.min_frac < 1:
@@ -1308,7 +1225,6 @@ def parse_args(argv):
 def run(argv):
     args = parse_args(argv)
     skipped = {}
-    args.input_kind = "runs" if os.path.isdir(args.input) else "csv"
     if os.path.isdir(args.input):
         points = read_run_points(args.input, args, skipped)
         default_plots = os.path.join(args.input, "plots")
@@ -1364,7 +1280,7 @@ def run(argv):
 
 
 def main(argv=None):
-    cli_main(run, argv)
+    sys.exit(cli_main(run, argv))
 
 
 if __name__ == "__main__":

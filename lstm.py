@@ -7,8 +7,8 @@ num_params, flops_per_token, param_info), trained by the same train.py with arch
 
 Widths: the embedding is n_embd wide; the LSTM is lstm_hidden wide (0: n_embd); lstm_proj > 0 adds the
 LSTMP projection of the hidden state (Sak et al. 2014). A tied head needs the LSTM's output width (lstm_proj
-or lstm_hidden) to equal n_embd: train.py refuses other combinations at start-up rather than inserting a
-projection the FLOP count would have to explain.
+or lstm_hidden) to equal n_embd: LSTMConfig refuses other combinations (train.py at start-up) rather than
+inserting a projection the FLOP count would have to explain.
 
 Defaults and why: forget-gate bias 1.0 (Jozefowicz et al. 2015: helps gradients flow early in training);
 xavier-uniform gate matrices per gate (fan-in/fan-out aware, like the Transformer's xavier option), embeddings
@@ -21,25 +21,21 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from model import head_and_loss
+from model import LMConfig, head_and_loss
 
 LSTM_INITS = ("xavier", "uniform", "pytorch")
 
 
 @dataclass
-class LSTMConfig:
-    vocab_size: int = 257
-    block_size: int = 256
-    n_layer: int = 2
-    n_embd: int = 256
+class LSTMConfig(LMConfig):
     lstm_hidden: int = 0             # 0: n_embd
     lstm_proj: int = 0               # LSTMP projection width; 0: none
-    dropout: float = 0.0
-    tie_embeddings: bool = True
     lstm_forget_bias: float = 1.0
     lstm_init: str = "xavier"
     lstm_init_range: float = 0.1     # for lstm_init='uniform': U(-r, r)
-    fused_loss: bool = True          # head + cross-entropy by model.linear_cross_entropy (False: full logits)
+
+    def __post_init__(self):
+        check_lstm_config(vars(self))
 
     @property
     def hidden(self):
@@ -50,11 +46,23 @@ class LSTMConfig:
         return self.lstm_proj or self.hidden
 
 
+def check_lstm_config(c):
+    """ValueError (one line) for a config the LSTM cannot build; c maps LSTMConfig's field names (train.py's keys)
+    to values. train.resolve_config reports the same as a start-up error."""
+    if c["lstm_init"] not in LSTM_INITS:  # a typo must not fall through to some default
+        raise ValueError(f"lstm_init={c['lstm_init']!r} is not one of {', '.join(LSTM_INITS)}")
+    width = c["lstm_hidden"] or c["n_embd"]
+    out_dim = c["lstm_proj"] or width
+    if c["tie_embeddings"] and out_dim != c["n_embd"]:
+        raise ValueError(f"tie_embeddings needs the LSTM output width ({out_dim}) to equal n_embd ({c['n_embd']}): "
+                         f"set tie_embeddings=False or matching widths")
+    if c["lstm_proj"] and c["lstm_proj"] >= width:
+        raise ValueError("lstm_proj must be smaller than the LSTM width (lstm_hidden or n_embd)")
+
+
 class LSTMLM(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        if cfg.lstm_init not in LSTM_INITS:  # a typo must not fall through to some default
-            raise ValueError(f"lstm_init={cfg.lstm_init!r} is not one of {', '.join(LSTM_INITS)}")
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.drop = nn.Dropout(cfg.dropout)

@@ -25,14 +25,15 @@ POS_ENCODINGS = ("none", "sinusoidal", "learned", "rotary")
 NORMS = ("layernorm", "rmsnorm")
 NORM_POSITIONS = ("pre", "post")
 INITS = ("transformer", "xavier_normal", "kaiming_normal", "pytorch")
+FINAL_NORMS = ("auto", True, False)
+MODEL_CHOICES = {"activation": ACTIVATIONS, "pos_encoding": POS_ENCODINGS, "norm": NORMS, "norm_position": NORM_POSITIONS,
+                 "init": INITS, "final_norm": FINAL_NORMS}  # train.py's CHOICES include these
 
 
 # ------------------------------------------------------------------------------------------- head + loss
 # Chunks of the fused head + cross-entropy, in bytes of logits: a block of rows per matmul (logits in the matmul
-# dtype) and, within it, a part per softmax pass (fp32) small enough to stay in cache. Measured on this project's
-# CPU (32 MB L3, 1 MB L2 per core; README "Performance", GPT-2 vocabulary): passes of 1.6-12 MB are fastest,
-# blocks about the L3's size (bf16: 250-500 rows of 50257; fp32 is matmul-bound, flat). CUDA: not measured; there
-# the chunks bound memory and must keep kernels large.
+# dtype) about the size of the L3 cache and, within it, a part per softmax pass (fp32) small enough to stay in cache
+# (the sizes that were fastest on CPU: README "Performance"). On CUDA the chunks bound memory and keep kernels large.
 FUSED_BLOCK_BYTES = {"cpu": 24 << 20, "cuda": 512 << 20}
 FUSED_PASS_BYTES = {"cpu": 6 << 20, "cuda": 512 << 20}
 
@@ -150,15 +151,22 @@ def chunked_cross_entropy(x, weight, bias, targets, dtype, block_rows, pass_rows
 
 
 @dataclass
-class GPTConfig:
+class LMConfig:
+    """The fields every language model here has (the Transformer's GPTConfig, lstm.py's LSTMConfig). Defaults, here
+    and in the subclasses, are train.py's."""
     vocab_size: int = 257
-    block_size: int = 256
+    block_size: int = 128
     n_layer: int = 4
-    n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
-    bias: bool = False
     tie_embeddings: bool = True
+    fused_loss: bool = True          # head + cross-entropy by linear_cross_entropy (False: full logits)
+
+
+@dataclass
+class GPTConfig(LMConfig):
+    n_head: int = 4
+    bias: bool = False
     activation: str = "gelu"
     mlp_ratio: float = 4.0           # hidden width of an ungated MLP, in units of n_embd
     glu_match_params: bool = True    # gated MLPs use 2/3 of that hidden width (multiple of 8): same parameters
@@ -180,11 +188,32 @@ class GPTConfig:
     mup_input_mult: float = 1.0
     mup_output_mult: float = 1.0
     mup_base_head_dim: int = 0       # the base model's head size; 0 = mup_base_width // n_head (heads fixed)
-    fused_loss: bool = True          # head + cross-entropy by linear_cross_entropy (False: full logits)
+
+    def __post_init__(self):
+        check_model_config(vars(self))
 
     @property
     def width_mult(self):
         return self.n_embd / self.mup_base_width if self.use_mup else 1.0
+
+
+def check_model_config(c):
+    """ValueError (one line) for a config the Transformer cannot build; c maps GPTConfig's field names (train.py's
+    keys) to values. train.resolve_config reports the same as a start-up error, before any data is read."""
+    for key, valid in MODEL_CHOICES.items():
+        if c[key] not in valid:  # a typo must never select a default branch silently
+            raise ValueError(f"{key}={c[key]!r} is not one of {', '.join(map(str, valid))}")
+    if c["n_embd"] % c["n_head"]:
+        raise ValueError(f"n_embd={c['n_embd']} is not divisible by n_head={c['n_head']}")
+    if c["pos_encoding"] == "rotary" and (c["n_embd"] // c["n_head"]) % 2:
+        raise ValueError(f"rotary needs an even head size; n_embd/n_head = {c['n_embd'] // c['n_head']}")
+    if c["head_bias"] and c["tie_embeddings"]:
+        raise ValueError("head_bias=True needs an untied head: set tie_embeddings=False")
+    if c["use_mup"] and not c["mup_base_head_dim"] and c["mup_base_width"] % c["n_head"]:
+        raise ValueError(f"mup_base_width={c['mup_base_width']} is not divisible by n_head={c['n_head']}; set "
+                         f"mup_base_head_dim to the base model's head size")
+    if c["use_mup"] and c["mup_base_width"] <= 0:
+        raise ValueError("mup_base_width must be positive")
 
 
 def mlp_hidden_size(cfg):
@@ -275,9 +304,8 @@ def apply_rotary(x, cos, sin):
 
 
 def causal_attention_bf16_cpu(q, k, v, scale, dropout_p):
-    """softmax(q k^T * scale + causal mask) v in plain bf16 ops: on CPU torch's bf16 SDPA kernel takes ~2.5x as
-    long as these (forward + backward at B=16, T=128, head_dim=64 on this project's CPU) and longer than its own
-    fp32 kernel. q is scaled rather than the T x T scores (half the elements at T = 2 x head_dim), and the mask is
+    """softmax(q k^T * scale + causal mask) v in plain bf16 ops: on CPU torch's bf16 SDPA kernel is slower than
+    these (README "Performance") and than its own fp32 kernel. q is scaled rather than the T x T scores (half the elements at T = 2 x head_dim), and the mask is
     added in place (its backward is free, unlike masked_fill's). Softmax statistics are fp32 inside the kernel;
     the result agrees with fp32 SDPA as closely as bf16 SDPA does (tests/test_model.py)."""
     q = q * (scale if scale is not None else 1.0 / math.sqrt(q.shape[-1]))
@@ -370,30 +398,9 @@ class Block(nn.Module):
         return self.norm2(x + self.mlp(x))
 
 
-def check_config(cfg):
-    """Refuse unknown switch values here too: a typo must never select a default branch silently
-    (train.resolve_config reports the same thing as a one-line error before a model is built)."""
-    for key, valid in (("activation", ACTIVATIONS), ("pos_encoding", POS_ENCODINGS), ("norm", NORMS),
-                       ("norm_position", NORM_POSITIONS), ("init", INITS)):
-        if getattr(cfg, key) not in valid:
-            raise ValueError(f"{key}={getattr(cfg, key)!r} is not one of {', '.join(valid)}")
-    if cfg.n_embd % cfg.n_head or (cfg.use_mup and not cfg.mup_base_head_dim and cfg.mup_base_width % cfg.n_head):
-        raise ValueError(f"n_embd={cfg.n_embd} (and mup_base_width with use_mup) must be divisible by "
-                         f"n_head={cfg.n_head}")
-    if cfg.pos_encoding == "rotary" and (cfg.n_embd // cfg.n_head) % 2:
-        raise ValueError(f"rotary needs an even head size, got {cfg.n_embd // cfg.n_head}")
-    if cfg.final_norm not in ("auto", True, False):
-        raise ValueError(f"final_norm={cfg.final_norm!r} is not one of auto, True, False")
-    if cfg.head_bias and cfg.tie_embeddings:
-        raise ValueError("head_bias needs an untied head (tie_embeddings=False)")
-    if not 0 <= cfg.head_vocab_size <= cfg.vocab_size:
-        raise ValueError(f"head_vocab_size={cfg.head_vocab_size} must be in 0..vocab_size={cfg.vocab_size}")
-
-
 class GPT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
-        check_config(cfg)
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.wpe = nn.Embedding(cfg.block_size, cfg.n_embd) if cfg.pos_encoding == "learned" else None
@@ -526,9 +533,7 @@ def mup_lr_mult(kind, optimizer, width_mult):
     Tied embeddings: the shared matrix is the input embedding and the readout at once. In this formulation both
     roles are vector-like (one dimension grows with width) with the same init (width-independent std) and the
     same LR rule, so the shared matrix simply follows it, as microsoft/mup's MuSharedReadout does; the 1/width_mult
-    multiplier sits on the logits only, not on the embedding output. (The seed project's geometric mean of two
-    LRs was needed in Table 3's formulation, where the readout's Adam LR is lr / width_mult and the embedding's
-    is lr.)"""
+    multiplier sits on the logits only, not on the embedding output."""
     if width_mult == 1.0:
         return 1.0
     if optimizer == "sgd":

@@ -4,102 +4,21 @@ Prepare a dataset: text (or a task) to memmapped token bins that train.py reads.
     python prepare.py SOURCE [options]      ->  data/<name>/{train.bin, val.bin, meta.json}
 
     python prepare.py stdlib                              # the embedded offline default (byte tokens)
-    python prepare.py stdlib --tokenizer gpt2 --name stdlib_gpt2
     python prepare.py text --path notes/ --path 'books/**/*.txt' [--val_path held_out/]
-    python prepare.py tinystories --max_docs 100000       # Hugging Face sources need the network, or:
-    HF_DATASETS_OFFLINE=1 python prepare.py tinystories    # ... a copy in the datasets cache
+    python prepare.py tinystories --max_docs 100000       # Hugging Face sources: the network, or its cache
     python prepare.py hf_local --path saved/ [--text_column text]  # save_to_disk folder, parquet/jsonl/csv files
-    python prepare.py modular --op div --p 97 --train_frac 0.5 --seed 0    # -> data/modular_div_p97
-    python prepare.py permutation --n 5                                    # -> data/permutation_n5
-    python prepare.py mnist --size 14                                      # -> data/mnist_size14
+    python prepare.py modular --op div --p 97             # -> data/modular_div_p97 (also permutation, mnist)
 
-Common options: --name (folder name; default: the source name, plus the task's settings for task
-sources), --data_dir (default data), --force (rebuild), --num_threads (tokenizer threads; default: all
-cores).
-
-Sources ("tokens" datasets: documents, each followed by the end-of-document token)
-- stdlib: the non-empty .py files of the running Python's standard library (sysconfig.get_paths()
-  ["stdlib"]): 12.1 MB in 731 files on Python 3.11.7. Left out: site-packages and dist-packages, the test
-  suites (folders named test, tests or idle_test: another 19 MB of code written to exercise the library,
-  full of fixtures, rather than to use it), __pycache__ and hidden folders. The corpus differs between
-  Python versions: meta.json records the version and the file count, and a dataset built by another
-  Python is not silently reused.
-- text --path P [--path P2 ...] [--val_path V ...]: files, folders (recursive; hidden entries skipped) or
-  globs (quote them; ** works). Each file is a document. Empty and binary files (NUL bytes in the first
-  8 KB, as git decides) are skipped with a warning. A file that is not UTF-8 is an error naming it (and the
-  offset of its first bad byte) unless --errors replace: then the byte tokenizer takes its bytes as they are
-  (it needs no decoding, nothing is lost) and gpt2 gets U+FFFD for each bad byte.
-  A single file (and no --val_path) is cut at a line boundary: the last val_frac of it is val.
-- wikitext103, wikitext2 (Salesforce/wikitext, raw variants; a document is an article), tinystories
-  (roneneldan/TinyStories), openwebtext (Skylion007/openwebtext), c4 (allenai/c4, "en"), pile
-  (monology/pile-uncopyrighted: the Pile minus its copyrighted parts, with the Pile's own validation split;
-  EleutherAI's repository is gone; its .jsonl.zst files need `pip install zstandard`). TinyStories,
-  OpenWebText, C4 and the Pile are streamed. `datasets` is imported only for these.
-  --max_docs N reads at most N training documents; where the dataset has its own validation split it is
-  used, capped at ceil(N * val_frac) documents when N is given. Offline (a compute node), HF_DATASETS_OFFLINE=1
-  (or HF_HUB_OFFLINE=1) reads the copy that `datasets.load_dataset(REPO, CONFIG)` left in the datasets cache
-  (HF_DATASETS_CACHE, default ~/.cache/huggingface/datasets), streamed sources too.
-- hf_local --path P [--path P2 ...] [--val_path V ...] [--text_column text]: Hugging Face data on disk, read
-  with `datasets` (nothing is downloaded or cached): a folder written by save_to_disk (a DatasetDict's train
-  split, and its validation split: validation, valid, val or dev; a test split is left alone), another
-  folder (splits as datasets infers them for a Hub repository: its README's configs, else the file names,
-  e.g. train-*.parquet and validation-*.parquet; a `hf download --repo-type dataset` copy works), or .parquet,
-  .jsonl, .json, .csv, .arrow files and globs (one split). --val_path names the val rows; without a val split
-  documents are split by a hash of their text. Each non-empty value of --text_column is a document. gpt2
-  tokens by default, like the Hub sources; --max_docs as above.
-Val split: the dataset's own validation split where it has one (--val_path for text); otherwise by a hash
-of each document's identity (its path relative to the folder or glob it came from; for openwebtext its
-text), val if the hash falls below --val_frac (default 0.05: a fraction of documents, not of bytes; for
-stdlib 41 files, 10% of the text). A document never lands in both splits, and its split depends neither
-on the order nor on the other files; only if the hash leaves a split empty (a handful of files) does the
-document with the lowest (highest) hash move to val (train).
-
-Tokenizers (--tokenizer): byte (default for stdlib and text): UTF-8 bytes 0..255 plus the end-of-document
-id 256, vocab 257. gpt2 (default for Hugging Face sources): tiktoken's GPT-2 BPE with encode_ordinary and
-<|endoftext|> = 50256; if the gpt2 files cannot be fetched but r50k_base is cached (same ranks, same
-regex: set TIKTOKEN_CACHE_DIR, e.g. to ../shared/tiktoken) r50k_base is used and meta.json says so. A cached
-encoding is used without any download; with none cached and its server unreachable, the command fails at
-once saying how to make the cache on a machine with internet:
-    TIKTOKEN_CACHE_DIR=DIR python -c "import tiktoken; tiktoken.get_encoding('r50k_base')"
-(one 1.6 MB file, named by the sha1 of its URL; get_encoding('gpt2') instead caches gpt2's two files).
-As in nanoGPT, the end-of-document token FOLLOWS each document. Bins are uint16 when the vocabulary fits
-(<= 65536 ids), else uint32. GPT-2 tokenizing runs in --num_threads threads (tiktoken releases the GIL,
-so they use every core without the start-up cost of processes); byte tokenizing is a memory copy, done in
-the main thread. Files are read in ~1 MB pieces, cut after a newline that has a printable non-space ASCII
-character on both sides: GPT-2's pre-tokenizer always makes such a newline a token of its own, so a big
-file tokenizes exactly as a whole while memory stays bounded. Text that spells <|endoftext|> is
-tokenized as ordinary text, never as the end-of-document token.
-
-Task sources ("rows" datasets: fixed-length rows; meta.json names the supervised positions)
-- modular --op {add,sub,div} --p 97: every equation a op b = c (mod p) as the row [a, op, b, =, c] with
-  token ids 0..p-1 for numbers, p for the operator, p+1 for '='. The answer (index 4) is the only
-  supervised position. div: c = a * b^-1 mod p, b = 0 excluded, p must be prime. p*p rows (p*(p-1) for div).
-- permutation --n 5: S_n composition [a, *, b, =, c] with c = a*b, (a*b)(i) = a(b(i)) (apply b first);
-  the n! permutations in lexicographic order are token ids 0..n!-1, then '*' and '='.
-- Both: --train_frac (default 0.5) of all equations go to train by a random split seeded by --seed
-  (default 0); each split's rows are in canonical order (a, then b).
-- mnist (ylecun/mnist): each image as a row of pixel tokens 0..255 (row-major; --size 14, 7 or 4 averages
-  blocks of pixels, rounding half up), then the label token 256+digit as the supervised position;
-  vocab 266. Val is MNIST's test set (all 10,000 images); --max_docs N caps the training images.
-
-Re-running the same command reuses a finished, intact dataset (exit 0). An existing dataset built with
-different options or inputs is never replaced silently: the command fails naming what differs; use
---force to rebuild it or --name to build the new one beside it. A dataset whose bins fail the size or
-checksum check is rebuilt. Builds go to data/.<name>.tmp-<host>-<pid> and are renamed into place when
-complete, so a killed prepare never leaves a folder that looks finished; the next run removes leftovers.
-
-meta.json: format_version, name, kind (tokens|rows), source, options (everything that affects the content),
-inputs (what was read: Python version and file fingerprint for local sources, hf_local included, the
-repository for Hugging Face ones), tokenizer (byte|gpt2|r50k_base|task), vocab_size, eot_id, dtype,
-splits.{train,val}.{file, tokens, bytes, sha256, documents}, rows datasets also row_len, supervised_positions,
-rows, token_names;
-plus created, python, command, seconds; text datasets also splits.*.text_bytes and text_mb_per_s.
+Text sources become documents, each followed by the end-of-document token, in byte or GPT-2 tokens; task
+sources become rows of fixed length whose supervised positions meta.json names. Re-running the same command
+reuses a finished, intact dataset; one built with other options or inputs is never replaced silently (--force
+rebuilds it, --name builds beside it), and a killed build never leaves a folder that looks finished. The
+sources, tokenizers, val split and meta.json's fields: README "Data (prepare.py)".
 
 Python API (train.py):
     load_dataset(data_dir, name, checksum=True) -> {"meta": dict, "train": np.memmap, "val": np.memmap}
-        (2-D (n_rows, row_len) memmaps for rows datasets), checked against meta.json first: sizes always,
-        sha256 for bins up to 2 GiB (bigger ones by size only) unless checksum=False; problems are one-line
-        UserErrors that say which command fixes them.
+        ((n_rows, row_len) memmaps for rows datasets), checked against meta.json first: sizes always, sha256 for
+        bins up to 2 GiB unless checksum=False; problems are one-line UserErrors saying which command fixes them.
     prepare(source, name=None, data_dir="data", force=False, num_threads=None, **options) -> folder
     decode(meta, ids) -> str: text, <|endoftext|> for the end-of-document token; task rows as token names.
 """
@@ -129,7 +48,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from configurator import ArgumentParser, UserError, closest_key
+from configurator import ArgumentParser, UserError, available_cores, cli_main, closest_key, difference_text
 from results import read_json, write_json
 
 FORMAT_VERSION = 1
@@ -1001,7 +920,7 @@ def write_rows(folder, batches, vocab_size, token_names, row_len):
 # ----------------------------------------------------------------------------- building, reuse, install
 
 def prepare(source, name=None, data_dir="data", force=False, num_threads=None, **options):
-    """Build data_dir/name from source (see the module docstring) unless an identical one exists.
+    """Build data_dir/name from source (sources and options: README "Data") unless an identical one exists.
     Returns the dataset's folder. Raises UserError for bad input."""
     options = resolve_options(source, options)
     name = name or default_name(source, options)
@@ -1073,25 +992,23 @@ def reusable(folder, identity, command, force):
     return problem is None
 
 
-def available_cores():
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def identity_differences(meta, identity):
     """What differs between an existing dataset and the one asked for, as 'key: old -> new' phrases."""
+    def short(value):
+        return str(value)[:60]
+
     differences = []
-    for key, new in json.loads(json.dumps(identity)).items():
+    for key, new in json.loads(json.dumps(identity)).items():  # as meta.json holds it: tuples as lists
         old = meta.get(key)
         if isinstance(new, dict) and isinstance(old, dict):
             for k in sorted(set(new) | set(old)):
                 if key == "options" and k not in old and new[k] == SOURCES[identity["source"]].get(k):
                     continue  # an option added since, at its default: what the older build did
                 if new.get(k) != old.get(k):
-                    label = "input files changed (size or time)" if k == "fingerprint" else \
-                        f"{k}: {str(old.get(k))[:60]} -> {str(new.get(k))[:60]}"
-                    differences.append(label)
+                    differences.append("input files changed (size or time)" if k == "fingerprint" else
+                                       difference_text(old, new, [k], show=short, absent=None))
         elif new != old:
-            differences.append(f"{key}: {str(old)[:60]} -> {str(new)[:60]}")
+            differences.append(difference_text(meta, {key: new}, [key], show=short, absent=None))
     return differences
 
 
@@ -1250,7 +1167,7 @@ def decode(meta, ids):
 
 # ----------------------------------------------------------------------------- command line
 
-def main(argv=None):
+def run(argv):
     parser = ArgumentParser(prog="prepare.py", description=__doc__, allow_abbrev=False,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help=", ".join(SOURCES))
@@ -1272,17 +1189,18 @@ def main(argv=None):
     parser.add_argument("--train_frac", type=float, help="tasks: fraction of rows for train (default 0.5)")
     parser.add_argument("--seed", type=int, help="task datasets: seed of the split (default 0)")
     parser.add_argument("--size", type=int, help="mnist: image side, 28 14 7 or 4 (default 28)")
+    args = vars(parser.parse_args(argv))
+    common = {k: args.pop(k) for k in ("source", "name", "data_dir", "force", "num_threads")}
     try:
-        args = vars(parser.parse_args(argv))
-        common = {k: args.pop(k) for k in ("source", "name", "data_dir", "force", "num_threads")}
         prepare(**common, **{k: v for k, v in args.items() if v is not None})
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("\ninterrupted: no dataset was installed", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv=None):
+    return cli_main(run, argv)
 
 
 if __name__ == "__main__":

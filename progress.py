@@ -11,51 +11,13 @@ rebalancing) most of the rest, because their gain grows with compute: the total 
 one asks about. This script does that accounting for any ledger; analyze.py measures CEGs and fit_scaling.py
 fits laws and CEG(C), and their functions are used here, not re-derived.
 
-A ledger is plain Python executed like a config file (configurator.py); its own names start with _. It sets
-  title, source    what it is and where its numbers come from
-  compute          frontier training compute by year, {year: FLOPs}, geometric between the years given
-  compute_growth   factor per year beyond the years given
-  period           the default (from, to)
-  innovations      [innovation(name, year, gain), ...]; year None: in the normalization only, never counted
-  normalize        normalized([names], joint): the named gains g_i become g_i^s, one exponent s for all, so
-                   that their product equals the joint gain (measured with all of them at once)
-  sensitivity      the innovation whose law gain the sensitivity plot varies (default: the first with one)
-with these in scope. A gain is a number or
-  constant(value, interval=None)      a fixed gain; interval: its 95% interval
-  measured(json, label, baseline=None, invert=False, study=None, width=None)
-                                      a CEG row of `analyze.py --json`: baseline over label (as analyze
-                                      prints it by default), the innovation's gain when label is the baseline
-                                      without it; invert=True: label over baseline
-  law_gain(new, old)                  CEG(C) = C_old(L_new(C)) / C between two frontier laws (fit_scaling.ceg)
-  rebalancing(law, k, exponent=0.73)  R(C) = C / C*: a Chinchilla law trained at Kaplan's allocation
-                                      N = k C^exponent, D = C / 6N reaches at C the loss the compute-optimal
-                                      allocation reaches at C* (found by root finding); C = 6ND
-  product(*gains), ratio(gain, other)
-and a law is frontier(a, b, E=0) (L(C) = E + a C^-b), frontier_fitted(json, family) (a `fit_scaling.py
---json` frontier law), chinchilla(E, A, B, alpha, beta) (L(N, D) = E + A/N^alpha + B/D^beta), or
-chinchilla_fitted(source, family=None, options=()) (a fit_scaling JSON's approach 3, or approach 3 fitted now
-by fit_scaling to a CSV or results folder; options: fit_scaling arguments). Paths are relative to the
-current directory.
-
-The accounting: an innovation counts when FROM < year <= TO (the state of FROM is the reference); every gain
-is evaluated at the frontier compute of TO; the total is the product; an innovation's (or a class's) share is
-its part of log(total); the yearly rate is total^(1/(TO - FROM)). A gain is G = compute needed without the
-innovation / compute needed with it, to reach the same loss: > 1 means the innovation helps; --invert prints
-1/G instead. Scale-dependent: a gain built from laws (law_gain, rebalancing), unless innovation() says.
-
-Uncertainty: Monte Carlo over the components (--draws, --seed): a constant with an interval is lognormal
-(median the value, the interval holding its stated level, 95% unless analyze's JSON says otherwise); a fitted
-law is one of its bootstrap samples (fit_scaling's bootstrap_samples), drawn at random, when the fit has them;
-a component used twice (one CEG row in two gains) is drawn once. Percentile intervals (--ci) on every gain, total and share; the table says how many components carry
-spread (with none, every interval is the point value and none is printed).
-
-Output: the table; --json FILE (from, to, compute_from, compute_to, total, scale_dependent, scale_invariant,
-share_scale_dependent, yearly_rate, each with an interval; innovations [{name, year, counted, gain, interval,
-scale_dependent, share, ...}]; by_year; by_compute; sensitivity); PNGs in --plots DIR (default
-results/progress/<ledger name>/; --no_plots): cumulative.png (the multiplier by year, stacked by innovation),
-vs_compute.png (the total were the same innovations evaluated at another compute), sensitivity.png (the
-scale-dependent share as the law gain's exponent gap is varied by +-50%: the old law's exponent moves, pivoted
-at its loss at the start year's compute). Bad input: one line on stderr, exit status 2.
+A ledger is plain Python executed like a config file (configurator.py): the frontier compute by year, and the
+innovations with a year and a gain each (a constant, an analyze.py CEG row, the CEG(C) of two fit_scaling laws,
+the Kaplan -> compute-optimal rebalancing, products and ratios of these). An innovation counts when FROM < year
+<= TO, every gain is evaluated at the frontier compute of TO, the total is their product and a share its part of
+log(total), with Monte Carlo intervals over the components. Output: the table; --json FILE; PNGs (cumulative,
+vs_compute, sensitivity) in --plots DIR (default results/progress/<ledger name>/; --no_plots). Bad input: one
+line on stderr, exit status 2. README.md, "Progress ledger", has the ledger's keys and helpers and the JSON.
 """
 import fit_scaling  # first: it limits BLAS threads before numpy loads (see its top)
 
@@ -63,12 +25,14 @@ import argparse
 import glob
 import math
 import os
+import sys
 
 import numpy as np
 from scipy.stats import norm
 
 import configurator
 import results
+from analyze import colors, legible, plt, style  # the toolkit's plot helpers
 from configurator import ArgumentParser, UserError, cli_main
 from fit_scaling import fmt
 
@@ -682,25 +646,29 @@ def print_report(out, spread, n_components, args):
 # ----------------------------------------------------------------------------- plots
 
 def make_plots(ledger, out, curves_data, sens, plot_dir):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    os.makedirs(plot_dir, exist_ok=True)
-    t, c_t, by_year, grid, by_compute = curves_data
-    items = ledger["innovations"]
-    order = sorted((i for i, inv in enumerate(items) if out["innovations"][i]["counted"]),
-                   key=lambda i: (items[i]["year"], i))
+    """cumulative.png, vs_compute.png and (with a law gain to vary) sensitivity.png in plot_dir; their paths."""
     title = out["title"] or os.path.basename(out["ledger"])
-    written = []
+    written = [plot_cumulative(ledger, out, curves_data, title, plot_dir),
+               plot_vs_compute(ledger, out, curves_data, title, plot_dir)]
+    if sens:
+        written.append(plot_sensitivity(sens, out, title, plot_dir))
+    return written
 
+
+def plot_cumulative(ledger, out, curves_data, title, plot_dir):
+    """The multiplier by year, stacked by counted innovation (hatched: scale-dependent), with the total's
+    Monte Carlo interval."""
+    t, _, by_year, _, _ = curves_data
+    items = ledger["innovations"]
+    order = sorted((i for i in range(len(items)) if out["innovations"][i]["counted"]),
+                   key=lambda i: (items[i]["year"], i))
     fig, ax = plt.subplots(figsize=(9, 5.5))
     cum = np.zeros(len(t))
-    colors = plt.cm.tab10.colors
-    for k, i in enumerate(order):
+    for i, color in zip(order, colors(len(order))):
         top = cum + by_year["point"][i, 0]
         r = out["innovations"][i]
-        hatch = "//" if r["scale_dependent"] else None
-        ax.fill_between(t, np.exp(cum), np.exp(top), color=colors[k % 10], alpha=0.75, lw=0, hatch=hatch,
+        ax.fill_between(t, np.exp(cum), np.exp(top), color=color, alpha=0.75, lw=0,
+                        hatch="//" if r["scale_dependent"] else None,
                         label=f"{r['name']} ({r['year']}): {fmt(r['gain'], 3)}x at {out['to']}")
         cum = top
     total_mc = by_year["mc"].sum(axis=0)
@@ -715,19 +683,23 @@ def make_plots(ledger, out, curves_data, sens, plot_dir):
     ax.set_yscale("log")
     ax.set_ylim(bottom, top)
     ax.set_xlim(t[0], t[-1])
-    fit_scaling.legible(ax)
+    legible(ax)
     ax.set(xlabel="year (each year's gains evaluated at that year's frontier compute)",
            ylabel="cumulative compute-equivalent gain (log scale)",
            title=f"{title}: gains since {out['from']}, stacked by innovation (hatched: scale-dependent)")
-    ax.title.set_fontsize(9)
-    ax.grid(True, which="major", alpha=0.3)
+    style(ax, legend=None, grid="major", title_size=9)
     ax.legend(fontsize=7.5, loc="upper left")
-    written.append(fit_scaling.save(fig, plot_dir, "cumulative.png"))
+    return fit_scaling.save(fig, plot_dir, "cumulative.png")
 
+
+def plot_vs_compute(ledger, out, curves_data, title, plot_dir):
+    """The total, and its scale-dependent and scale-invariant parts, were the counted innovations evaluated at
+    another compute, with Monte Carlo bands."""
+    _, _, _, grid, by_compute = curves_data
     fig, ax = plt.subplots(figsize=(8, 5.2))
-    dep = np.array([inv["scale_dependent"] for inv in items])
+    dep = np.array([inv["scale_dependent"] for inv in ledger["innovations"]])
     lines = []
-    for what, mask, color in (("total", np.ones(len(items), bool), "k"), ("scale-dependent", dep, "C3"),
+    for what, mask, color in (("total", np.ones(len(dep), bool), "k"), ("scale-dependent", dep, "C3"),
                               ("scale-invariant", ~dep, "C0")):
         point = np.exp(by_compute["point"][mask].sum(axis=0)[0])
         mc = np.exp(by_compute["mc"][mask].sum(axis=0))
@@ -748,36 +720,34 @@ def make_plots(ledger, out, curves_data, sens, plot_dir):
     ax.set(xscale="log", yscale="log", xlabel="compute the gains are evaluated at (FLOPs)",
            ylabel="compute-equivalent gain (log scale)",
            title=f"{title}: the {out['from']}-{out['to']} innovations' gain depends on the compute asked about")
-    fit_scaling.legible(ax)
-    ax.title.set_fontsize(9)
-    ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=8)
-    written.append(fit_scaling.save(fig, plot_dir, "vs_compute.png"))
+    legible(ax)
+    style(ax, grid="major", title_size=9)
+    return fit_scaling.save(fig, plot_dir, "vs_compute.png")
 
-    if sens:
-        rows = sens["rows"]
-        gaps = [r["gap"] for r in rows]
-        fig, ax = plt.subplots(figsize=(8, 5))
-        ax.plot(gaps, [100 * r["share_scale_dependent"] for r in rows], color="C3", lw=2,
-                label="scale-dependent share of log total")
-        ax.axvline(sens["gap"], color="0.4", ls=":", lw=1)
-        ax.text(sens["gap"], 0.02, " the ledger's gap", transform=ax.get_xaxis_transform(), fontsize=8)
-        ax.set(xlabel=f"exponent gap b_new - b_old of {sens['innovation']} (x0.5 .. x1.5)",
-               ylabel="scale-dependent share (%)",
-               title=f"{title}: sensitivity to the exponent gap ({out['to']}; old law pivoted at its "
-                     f"{out['from']} loss)")
-        ax.title.set_fontsize(9)
-        ax.grid(True, alpha=0.3)
-        twin = ax.twinx()
-        twin.plot(gaps, [r["total"] for r in rows], color="k", lw=1.2, ls="--", label="total (right axis)")
-        twin.set_yscale("log")
-        twin.set_ylabel("total gain (log scale)")
-        fit_scaling.legible(twin)
-        lines = ax.get_legend_handles_labels()
-        more = twin.get_legend_handles_labels()
-        ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
-        written.append(fit_scaling.save(fig, plot_dir, "sensitivity.png"))
-    return written
+
+def plot_sensitivity(sens, out, title, plot_dir):
+    """The scale-dependent share (left axis) and the total (right) as the law gain's exponent gap varies."""
+    rows = sens["rows"]
+    gaps = [r["gap"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(gaps, [100 * r["share_scale_dependent"] for r in rows], color="C3", lw=2,
+            label="scale-dependent share of log total")
+    ax.axvline(sens["gap"], color="0.4", ls=":", lw=1)
+    ax.text(sens["gap"], 0.02, " the ledger's gap", transform=ax.get_xaxis_transform(), fontsize=8)
+    ax.set(xlabel=f"exponent gap b_new - b_old of {sens['innovation']} (x0.5 .. x1.5)",
+           ylabel="scale-dependent share (%)",
+           title=f"{title}: sensitivity to the exponent gap ({out['to']}; old law pivoted at its "
+                 f"{out['from']} loss)")
+    style(ax, legend=None, grid="major", title_size=9)
+    twin = ax.twinx()
+    twin.plot(gaps, [r["total"] for r in rows], color="k", lw=1.2, ls="--", label="total (right axis)")
+    twin.set_yscale("log")
+    twin.set_ylabel("total gain (log scale)")
+    legible(twin)
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="lower right")
+    return fit_scaling.save(fig, plot_dir, "sensitivity.png")
 
 
 # ----------------------------------------------------------------------------- main
@@ -799,16 +769,14 @@ def parse_args(argv):
     p.add_argument("--plots", metavar="DIR", help="where PNGs go (default results/progress/<ledger name>)")
     p.add_argument("--no_plots", action="store_true")
     args = p.parse_args(argv)
-    if not 0 < args.ci < 1:
-        raise UserError(f"--ci {args.ci:g}: give a level between 0 and 1, e.g. 0.95")
+    fit_scaling.check_level(args.ci)
     if args.draws < 1:
         raise UserError("--draws must be 1 or more")
     return args
 
 
-def run(argv):
-    args = parse_args(argv)
-    ledger = load_ledger(args.ledger)
+def choose_period(ledger, args):
+    """args.start and args.end: --from and --to, else the ledger's period."""
     period = ledger["period"] or (None, None)
     args.start = args.start if args.start is not None else period[0]
     args.end = args.end if args.end is not None else period[1]
@@ -816,6 +784,11 @@ def run(argv):
         raise UserError(f"{args.ledger} sets no period: give --from YEAR and --to YEAR")
     if args.end <= args.start:
         raise UserError(f"--from {args.start} --to {args.end}: the end year must come after the start year")
+
+
+def account(ledger, args):
+    """The accounting of the period (summarize's gains, totals and shares at the end year's compute, with their
+    intervals), its warnings, the totals by year and by compute, and the sensitivity; and the curves to plot."""
     c_from, c_to = (float(c) for c in compute_at(ledger, [args.start, args.end], args.ledger))
     draws_point = draw_all(ledger, 1, None)
     draws_mc = draw_all(ledger, args.draws, np.random.default_rng(args.seed))
@@ -830,42 +803,64 @@ def run(argv):
     if not math.isfinite(out["total"]):
         out["warnings"].append(f"a gain is unreachable at {fmt(c_to, 3)} FLOPs (the new law's loss is below the "
                                f"old law's floor E): the total is infinite")
-    spread = spread_components(ledger)
-    out["monte_carlo"] = {"draws": args.draws, "seed": args.seed, "level": args.ci, "components_with_spread": spread}
+    out["monte_carlo"] = {"draws": args.draws, "seed": args.seed, "level": args.ci,
+                          "components_with_spread": spread_components(ledger)}
     curves_data = curves(ledger, args, draws_point, draws_mc)
+    out["by_year"], out["by_compute"] = curve_totals(curves_data, args.ci)
+    out["sensitivity"] = sensitivity(ledger, args, c_from, c_to)
+    return out, curves_data
+
+
+def curve_totals(curves_data, level):
+    """The total with its interval at each whole year (at that year's compute) and at each whole decade of
+    compute (the end year's innovations)."""
     t, c_t, by_year, grid, by_compute = curves_data
     whole = (t == np.round(t))
     total_year_mc = np.exp(by_year["mc"].sum(axis=0))
-    out["by_year"] = [{"year": int(y), "compute": float(c), "total": float(np.exp(by_year["point"][:, 0, j].sum())),
-                       "interval": fit_scaling.interval(total_year_mc[:, j], args.ci)}
-                      for j, (y, c) in enumerate(zip(t, c_t)) if whole[j]]
+    years = [{"year": int(y), "compute": float(c), "total": float(np.exp(by_year["point"][:, 0, j].sum())),
+              "interval": fit_scaling.interval(total_year_mc[:, j], level)}
+             for j, (y, c) in enumerate(zip(t, c_t)) if whole[j]]
     total_c_mc = np.exp(by_compute["mc"].sum(axis=0))
-    out["by_compute"] = [{"compute": float(c), "total": float(np.exp(by_compute["point"][:, 0, j].sum())),
-                          "interval": fit_scaling.interval(total_c_mc[:, j], args.ci)}
-                         for j, c in enumerate(grid) if j % 10 == 0]  # whole decades
-    sens = sensitivity(ledger, args, c_from, c_to)
-    out["sensitivity"] = sens
-    print_report(out, spread, len(all_leaves(ledger)), args)
+    computes = [{"compute": float(c), "total": float(np.exp(by_compute["point"][:, 0, j].sum())),
+                 "interval": fit_scaling.interval(total_c_mc[:, j], level)}
+                for j, c in enumerate(grid) if j % 10 == 0]  # whole decades
+    return years, computes
+
+
+def write_plots(ledger, out, curves_data, args):
+    plot_dir = args.plots or os.path.join("results", "progress", os.path.splitext(os.path.basename(args.ledger))[0])
+    try:
+        paths = make_plots(ledger, out, curves_data, out["sensitivity"], plot_dir)
+    except OSError as e:
+        raise UserError(f"cannot write plots to {plot_dir}: {e.strerror or e}; use --plots DIR or --no_plots")
+    for path in paths:
+        print(f"wrote {path}")
+    return paths
+
+
+def write_json(out, args):
+    try:
+        results.write_json(args.json, fit_scaling.to_json(out))
+    except OSError as e:
+        raise UserError(f"cannot write --json {args.json}: {e.strerror or e}")
+    print(f"wrote {args.json}")
+
+
+def run(argv):
+    args = parse_args(argv)
+    ledger = load_ledger(args.ledger)
+    choose_period(ledger, args)
+    out, curves_data = account(ledger, args)
+    print_report(out, out["monte_carlo"]["components_with_spread"], len(all_leaves(ledger)), args)
     if not args.no_plots:
-        plot_dir = args.plots or os.path.join("results", "progress",
-                                              os.path.splitext(os.path.basename(args.ledger))[0])
-        try:
-            out["plots"] = make_plots(ledger, out, curves_data, sens, plot_dir)
-        except OSError as e:
-            raise UserError(f"cannot write plots to {plot_dir}: {e.strerror or e}; use --plots DIR or --no_plots")
-        for path in out["plots"]:
-            print(f"wrote {path}")
+        out["plots"] = write_plots(ledger, out, curves_data, args)
     if args.json:
-        try:
-            results.write_json(args.json, fit_scaling.to_json(out))
-        except OSError as e:
-            raise UserError(f"cannot write --json {args.json}: {e.strerror or e}")
-        print(f"wrote {args.json}")
+        write_json(out, args)
     return out
 
 
 def main(argv=None):
-    cli_main(run, argv)
+    sys.exit(cli_main(run, argv))
 
 
 if __name__ == "__main__":

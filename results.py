@@ -38,14 +38,22 @@ FINISHED = ("completed", "diverged", "early_stopped", "time_limit")  # a re-run 
 
 # ----------------------------------------------------------------------------- writing
 
-def atomic_write(path, write, binary=False):
-    """Write through a temporary file and os.replace, so a killed process never leaves half a file."""
+def atomic_write(path, write, binary=False, keep_previous=None):
+    """Write through a temporary file and os.replace, so a killed process never leaves half a file.
+    keep_previous: a path that keeps the file being replaced once the new one is complete (ckpt.prev.pt)."""
     tmp = f"{path}.tmp{os.getpid()}"
     try:
         with open(tmp, "wb" if binary else "w") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and os.path.exists(path):
+            try:  # a hard link, so that path exists at every moment (a kill between two renames would leave none)
+                if os.path.lexists(keep_previous):
+                    os.remove(keep_previous)
+                os.link(path, keep_previous)
+            except OSError:  # filesystems without hard links: rename (a reader then falls back to keep_previous)
+                os.replace(path, keep_previous)
         os.replace(tmp, path)
     except BaseException:
         try:

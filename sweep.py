@@ -3,7 +3,7 @@ Run a study: many train.py runs described by one short sweep file, as a SLURM jo
 
     python sweep.py | sbatch                                  # the default sweep, configs/sweeps/smoke.py
     python sweep.py configs/sweeps/lr_scaling.py | sbatch     # print a job array script, submit it
-    python sweep.py configs/sweeps/lr_scaling.py --list       # every run with its status
+    python sweep.py configs/sweeps/lr_scaling.py --list       # every run with its status (--commands: its command)
     python sweep.py configs/sweeps/lr_scaling.py --local -j 2 # run here, 2 at a time, cores split between them
     python sweep.py configs/sweeps/lr_scaling.py --max_tokens=2e8 --set widths=[512,1024] --gpus 4 | sbatch
 
@@ -15,48 +15,18 @@ A sweep file is plain Python that sets some of these names (see configs/sweeps/ 
     grid = dict(learning_rate=lr_grid(3e-3), n_layer=[2, 4])   # crossed: every combination
     runs = [dict(label="a"), dict(label="b", activation="relu")]  # explicit runs, crossed with the grid
     seeds = [1, 2, 3]                       # each run once per seed (a grid axis over `seed`)
-    slurm = dict(time="02:00:00", gpus=1)   # defaults for the job-array options below
+    slurm = dict(time="02:00:00", gpus=1)   # defaults for the job-array options (--gpus, --time, ...)
 
-Each run is one train.py command, built in layers that train.py applies left to right, each layer's config files
-before its --key=value overrides: base + fixed, the runs entry, each grid axis, the command line (a later layer
-wins; a config file sees what came before it), then --run_name. A runs entry or a grid value names config files
-with "config": a path or a list. A grid axis is a config key with a list of values, or any other name with a
-list of override dicts (bundles such as width(64)). Lower-case names in a sweep file must be the keys above;
-names in CAPITALS or starting with _ are the file's own. Helpers in scope (defined below): lr_grid, width,
-variants, best_lr (the two-stage recipe), param.
-
-Run names: train.py's {label}_{n_embd}d_lr{learning_rate}_s{seed} (LR as 1.0e-03, more digits when needed), plus `_<key><value>` for whatever else
-varies where that alone would collide (e.g. modern_64d_lr1.0e-03_s1_max_iters500). Every run is checked up
-front with train.resolve_config, so a typo or a bad value is one line naming the sweep file and the run.
-
-Command line: --key=value (any train.py key) overrides that key in every run; --key=[a,b] makes it a grid axis
-(replacing the sweep's axis of that name; a list-valued key takes a list of lists); --set NAME=VALUE sets a
-parameter the sweep file reads with param(NAME, default). So the same sweep file scales up unchanged.
-
-SLURM (default output): one job array, one task per run that is not finished yet. The #SBATCH lines come from
-slurm/train.sbatch (1 GPU, python train.py, for both architectures: one GPU holds any run here, and a small LSTM
-gains nothing from DDP; --gpus N or slurm = dict(gpus=N) runs torchrun with N processes per task instead),
-so site settings written there hold for every sweep; --partition --account --gpus --cpus --mem --time and
---sbatch LINE override them, and --gpus 0 drops the GPU request for a CPU-only cluster. Each task reads its
-train.py arguments from the task file <results_dir>/<study>/_sweep/tasks-<hash>.txt (line = array index) and
-runs through slurm/requeue.sh: two minutes before the time limit the run checkpoints and the task requeues
-itself; on preemption or `scontrol requeue` SLURM requeues it; either way it resumes from its checkpoint.
-Logs: <results_dir>/<study>/_sweep/logs/. Before printing, the request is checked against the cluster's nodes
-(sinfo) and against jobs of the same sweep still queued (squeue); --no_check skips both.
-
-Here (--local -j N): N runs at a time, each one process (no torchrun) with cores // N threads; a progress line
-per start and end (and every 30 s), failures listed at the end without stopping the rest; Ctrl-C or SIGTERM
-checkpoints the running runs (exit 75). Logs: <results_dir>/<study>/_sweep/logs/<run_name>.log.
-
-Idempotent: runs whose final.json says completed, diverged, early_stopped or time_limit are skipped; interrupted
-and killed ones resume from their checkpoints. A run that a live process trains now (train.py holds its folder's
-lock, results.lock_run_folder: another sweep, a job, a user) is `running` in --list and skipped by --local and by
-the job array. A run folder holding a run with another config (the sweep was
-edited) stops the submission with one line, as train.py would refuse it. The embedded corpus is prepared once
-up front when missing. Run sweep.py from the repository root when submitting to SLURM.
+Helpers in scope: lr_grid, width, variants, best_lr (the two-stage recipe), param (--set NAME=VALUE). Each run
+is one train.py command whose layers train.py applies left to right: base + fixed, the runs entry, each grid
+axis, the command line (--key=value for every run, --key=[a,b] a grid axis), then --run_name: train.py's
+default name plus `_<key><value>` where runs would collide. Every run is checked up front with
+train.resolve_config, so a bad value is one line naming the sweep file and the run. Idempotent: finished runs
+are skipped, interrupted ones resume from their checkpoints, and a run a live process trains is left to it.
+README "Sweeps and SLURM" has the rest: the layers, the job array and its requeueing, --local.
 """
 import argparse
-import ast
+import collections
 import contextlib
 import functools
 import glob
@@ -72,12 +42,12 @@ import signal
 import subprocess
 import sys
 import time
-import traceback
 import types
 
 import results
 import train
-from configurator import ArgumentParser, UserError, closest_key, unknown_key_error
+from configurator import (ArgumentParser, UserError, available_cores, cli_main, closest_key, difference_text,
+                          exec_user_file, parse_literal, split_override, unknown_key_error)
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SWEEP = os.path.join("configs", "sweeps", "smoke.py")
@@ -88,6 +58,7 @@ SLURM_KEYS = ("partition", "account", "gpus", "cpus", "mem", "time", "jobs", "sb
 TEMPLATES = {"transformer": "slurm/train.sbatch", "lstm": "slurm/train.sbatch"}
 DEFAULT_JOBS = 16  # the array's % limit: how many of its tasks may run at once
 DONE = ("completed", "early_stopped", "time_limit")  # with diverged: results.FINISHED, never retrained
+NAME_IGNORED = set(results.EXECUTION_KEYS) | {"run_name", "config_files"}  # never what tells runs apart
 
 
 # ----------------------------------------------------------------------------------------- sweep-file helpers
@@ -193,13 +164,6 @@ def load_sweep(path, params=None):
     if not os.path.isfile(path):
         have = sorted(glob.glob(os.path.join("configs", "sweeps", "*.py")))
         raise UserError(f"sweep file not found: {path}" + (f" (sweeps: {', '.join(have)})" if have else ""))
-    try:
-        with open(path) as f:
-            code = compile(f.read(), path, "exec")
-    except SyntaxError as e:
-        raise UserError(f"{path}:{e.lineno}: syntax error in sweep file: {e.msg}")
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"cannot read sweep file {path}: {e}")
     asked = {}
 
     def param(name, default):
@@ -208,14 +172,8 @@ def load_sweep(path, params=None):
         return params.get(name, default)
 
     helpers = {"lr_grid": lr_grid, "width": width, "variants": variants, "best_lr": best_lr, "param": param}
-    namespace = {"__file__": path, "__name__": "__sweep__", **helpers}
-    try:
-        exec(code, namespace)
-    except UserError as e:
-        raise UserError(f"{path}: {e}")
-    except Exception as e:  # a sweep file is user code: its error is one line, pointing at the line
-        lines = [fr.lineno for fr in traceback.extract_tb(e.__traceback__) if fr.filename == path]
-        raise UserError(f"{path}{f':{lines[-1]}' if lines else ''}: {type(e).__name__}: {e}")
+    namespace = {"__name__": "__sweep__", **helpers}
+    exec_user_file(path, namespace, "sweep file")
     for name in params:
         if name not in asked:
             raise UserError(f"--set {name}: {path} has no parameter '{name}'{closest_key(name, asked)}; "
@@ -310,46 +268,45 @@ def check_axis(key, values, where, path):
 
 # ----------------------------------------------------------------------------------------- from sweep to runs
 def arg_text(value):
-    """A value as train.py's --key=value parser reads it back (configurator.parse_value)."""
-    if isinstance(value, str):
-        try:
-            ast.literal_eval(value)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            return value  # a bare word: --device=cpu
-        return repr(value)  # '1e-3' or 'True' meant as a string must stay a string
+    """A value as train.py's --key=value parser reads it back (configurator.parse_value): a bare word as it is,
+    anything else as a literal ('1e-3' or 'True' meant as text must stay text)."""
+    if isinstance(value, str) and parse_literal(value) is value:  # parse_literal gives back text it cannot read
+        return value  # a bare word: --device=cpu
     return repr(value)
 
 
 def expand(sweep, cli_fixed, cli_grid):
-    """Every run of the sweep: its train.py arguments, config files, overrides and what varies (for messages).
-    The arguments are layered in train.py's left-to-right order, each layer's config files before its
-    --key=value overrides: base and fixed, the runs entry, each grid axis, the command line. So a later layer wins
-    whichever form it takes, and a config file sees the values set before it (a width preset reads `arch`)."""
+    """Every run of the sweep, as a record of its train.py arguments, config files, overrides and what varies
+    (for messages). The arguments are layered in train.py's left-to-right order, each layer's config files before
+    its --key=value overrides: base and fixed, the runs entry, each grid axis, the command line. So a later layer
+    wins whichever form it takes, and a config file sees the values set before it (a width preset reads `arch`)."""
     # a command-line value replaces the sweep's axis of that key: --seed=7 runs each point once, with seed 7
     grid = {k: v for k, v in sweep["grid"].items() if k not in cli_grid and k not in cli_fixed}
     grid.update(cli_grid)  # command-line axes come last: they win over everything in the file
-    axes = list(grid.items())
-    out = []
+    runs = []
     for entry in sweep["runs"]:
-        for combo in itertools.product(*(values for _, values in axes)):
-            run = {"files": [], "overrides": {}, "varied": {}, "args": [f"--study={arg_text(sweep['study'])}"]}
+        for point in itertools.product(*grid.values()):
+            layers = [({"config": sweep["base"], **sweep["fixed"]}, False), (entry, len(sweep["runs"]) > 1)]
+            for (key, values), value in zip(grid.items(), point):
+                bundle = isinstance(value, dict) and key not in train.DEFAULTS  # width(64): several overrides
+                layers.append((value if bundle else {key: value}, len(values) > 1))
+            layers.append((cli_fixed, False))
+            runs.append(run_record(sweep["study"], layers))
+    return runs
 
-            def add(layer, vary):
-                layer = dict(layer)
-                files = as_list(layer.pop("config", None))
-                run["files"] += files
-                run["args"] += files + [f"--{k}={arg_text(v)}" for k, v in layer.items()]
-                run["overrides"].update(layer)
-                if vary:
-                    run["varied"].update(layer)
 
-            add({"config": sweep["base"], **sweep["fixed"]}, False)
-            add(entry, len(sweep["runs"]) > 1)
-            for (key, values), value in zip(axes, combo):
-                add(value if isinstance(value, dict) and key not in train.DEFAULTS else {key: value}, len(values) > 1)
-            add(cli_fixed, False)
-            out.append(run)
-    return out
+def run_record(study, layers):
+    """One run from its layers: (overrides, whether they vary across the sweep), in train.py's order."""
+    run = {"files": [], "overrides": {}, "varied": {}, "args": [f"--study={arg_text(study)}"]}
+    for layer, varies in layers:
+        overrides = dict(layer)
+        files = as_list(overrides.pop("config", None))
+        run["files"] += files
+        run["args"] += files + [f"--{k}={arg_text(v)}" for k, v in overrides.items()]
+        run["overrides"].update(overrides)
+        if varies:
+            run["varied"].update(overrides)
+    return run
 
 
 def describe(run):
@@ -377,53 +334,17 @@ def resolve_runs(sweep, cli_fixed, cli_grid):
     return runs
 
 
-def name_part(key, value):
-    text = f"{value:.6g}" if isinstance(value, float) else "-".join(map(str, value)) if isinstance(
-        value, (list, tuple)) else str(value)
-    text = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "none"
-    return f"_{key}{'-' if text[0].isalpha() else ''}{text}"
-
-
 def name_runs(runs, path):
-    """train.py's default run name, made unique within the study by appending the keys that tell colliding runs
-    apart (the first that helps, in the order the sweep varies them, until the names differ)."""
-    by_name = {}
+    """train.py's default run name, plus a suffix where runs share one (unique_suffixes); then each run's
+    --run_name and folder."""
+    groups = {}
     for i, run in enumerate(runs):
-        by_name.setdefault(run["config"]["run_name"], []).append(i)
+        groups.setdefault(run["config"]["run_name"], []).append(i)
     names = [r["config"]["run_name"] for r in runs]
-    ignore = set(results.EXECUTION_KEYS) | {"run_name", "config_files"}
-    for name, group in by_name.items():
-        if len(group) == 1:
-            continue
-        explicit = [i for i in group if "run_name" in runs[i]["overrides"]]
-        if explicit:
-            raise UserError(f"{path}: run_name '{name}' is given to {len(group)} runs (runs "
-                            f"{', '.join(str(i + 1) for i in group)}); names must be unique within the study")
-        configs = [runs[i]["config"] for i in group]
-        order = list(dict.fromkeys(k for i in group for k in runs[i]["varied"]))
-        keys = order + sorted(set(configs[0]) - set(order))
-        suffix = {i: "" for i in group}
-        for key in keys:
-            if key in ignore or len({json.dumps(c.get(key), sort_keys=True, default=str) for c in configs}) < 2:
-                continue
-            trial = {i: suffix[i] + name_part(key, runs[i]["config"].get(key)) for i in group}
-            if len(set(trial.values())) > len(set(suffix.values())):
-                suffix = trial
-            if len(set(suffix.values())) == len(group):
-                break
-        if len(set(suffix.values())) < len(group):  # still the same: different config files, or duplicates
-            trial = {i: suffix[i] + "_" + "-".join(os.path.splitext(os.path.basename(f))[0]
-                                                   for f in runs[i]["files"]) for i in group}
-            if len(set(trial.values())) > len(set(suffix.values())):
-                suffix = trial
-        seen = {}
-        for i in group:
-            if suffix[i] in seen:
-                j = seen[suffix[i]]
-                raise UserError(f"{path}: runs {j + 1} and {i + 1} are the same run ({describe(runs[i])}); "
-                                f"remove one (a runs entry and the grid may set the same key)")
-            seen[suffix[i]] = i
-            names[i] = name + suffix[i]
+    for name, group in groups.items():
+        if len(group) > 1:
+            for i, suffix in zip(group, unique_suffixes(runs, group, name, path)):
+                names[i] = name + suffix
     if len(set(names)) < len(names):
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"{path}: two runs end up named '{dup}'; give them distinct run_name values")
@@ -433,10 +354,46 @@ def name_runs(runs, path):
         run["folder"] = train.run_folder(run["config"])
 
 
+def unique_suffixes(runs, group, name, path):
+    """Suffixes that tell apart the runs (indices in group) sharing the default name: `_<key><value>` for each key
+    that helps, in the order the sweep varies them (then alphabetical), until the names differ; where keys
+    cannot, the config files' names."""
+    if any("run_name" in runs[i]["overrides"] for i in group):
+        raise UserError(f"{path}: run_name '{name}' is given to {len(group)} runs (runs "
+                        f"{', '.join(str(i + 1) for i in group)}); names must be unique within the study")
+    configs = [runs[i]["config"] for i in group]
+    varied = list(dict.fromkeys(k for i in group for k in runs[i]["varied"]))
+    suffixes = [""] * len(group)
+    for key in varied + sorted(set(configs[0]) - set(varied)):
+        if len(set(suffixes)) == len(group):
+            break
+        values = [c.get(key) for c in configs]
+        if key not in NAME_IGNORED and len({json.dumps(v, sort_keys=True, default=str) for v in values}) > 1:
+            suffixes = more_distinct(suffixes, [s + name_part(key, v) for s, v in zip(suffixes, values)])
+    stems = ["_" + "-".join(os.path.splitext(os.path.basename(f))[0] for f in runs[i]["files"]) for i in group]
+    suffixes = more_distinct(suffixes, [s + stem for s, stem in zip(suffixes, stems)])
+    for j, i in enumerate(group):
+        if suffixes[j] in suffixes[:j]:
+            raise UserError(f"{path}: runs {group[suffixes.index(suffixes[j])] + 1} and {i + 1} are the same run "
+                            f"({describe(runs[i])}); remove one (a runs entry and the grid may set the same key)")
+    return suffixes
+
+
+def more_distinct(old, new):
+    return new if len(set(new)) > len(set(old)) else old
+
+
+def name_part(key, value):
+    text = f"{value:.6g}" if isinstance(value, float) else "-".join(map(str, value)) if isinstance(
+        value, (list, tuple)) else str(value)
+    text = re.sub(r"[^A-Za-z0-9.+-]+", "-", text).strip("-") or "none"
+    return f"_{key}{'-' if text[0].isalpha() else ''}{text}"
+
+
 # ----------------------------------------------------------------------------------------- status of runs
 def run_status(run):
-    """(status, detail): done | diverged | running | interrupted | running_or_killed | pending | config_changed.
-    running: a live process holds the folder's lock (train.py, here or on another node); running_or_killed: no
+    """(status, detail): done | diverged | running | interrupted | running_or_killed | pending | config_changed |
+    damaged. running: a live process holds the folder's lock (train.py, here or on another node); running_or_killed: no
     final.json and nobody holds the lock (killed, or on a filesystem without locks)."""
     folder = run["folder"]
     if not os.path.isdir(folder):
@@ -453,9 +410,7 @@ def run_status(run):
             if isinstance(meta, dict) and meta.get("kind") == "rows":
                 differing.remove("block_size")
         if differing:
-            shown = ", ".join(f"{k}: {r['config'].get(k, '<absent>')!r} -> {run['config'].get(k, '<absent>')!r}"
-                              for k in differing[:3])
-            return "config_changed", shown
+            return "config_changed", difference_text(r["config"], run["config"], differing[:3])
     final = r["final"] or {}
     loss = final.get("final_val_loss")
     detail = f"{final.get('steps')} steps" + (f", val_loss {loss:.4g}" if isinstance(loss, (int, float)) else "")
@@ -475,10 +430,10 @@ def run_status(run):
 
 
 def statuses(runs):
+    """Set each run's status and detail; returns the runs whose folder holds a run with another config."""
     for run in runs:
         run["status"], run["detail"] = run_status(run)
-    changed = [r for r in runs if r["status"] == "config_changed"]
-    return changed
+    return [r for r in runs if r["status"] == "config_changed"]
 
 
 def config_changed_error(changed, study_dir):
@@ -490,9 +445,7 @@ def config_changed_error(changed, study_dir):
 
 def print_list(sweep, runs):
     study_dir = os.path.dirname(runs[0]["folder"])
-    counts = {}
-    for r in runs:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    counts = collections.Counter(r["status"] for r in runs)
     order = ("done", "diverged", "running", "interrupted", "running_or_killed", "pending", "config_changed",
              "damaged")
     print(f"{sweep['study']}: {len(runs)} runs in {study_dir} (" +
@@ -719,30 +672,23 @@ def sbatch_script(sweep, runs, todo, args, command):
 
 
 # ----------------------------------------------------------------------------------------- running here
-def last_step(folder):
-    rows, _ = results.read_metrics(os.path.join(folder, "metrics.csv"))
-    return rows[-1]["step"] if rows else 0
-
-
 def run_local(sweep, runs, todo, jobs):
     """Run the pending runs here, `jobs` at a time, each with cores // jobs threads. A run that another process
     trains or has finished meanwhile (a second sweep, a job on the cluster) is left to it: checked before each
     start, and by train.py's own lock (exit 75 without our SIGTERM). Returns the exit status: 0 all finished (here
     or elsewhere), 1 some failed, 75 stopped by SIGINT/SIGTERM (the same command resumes)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = available_cores()
     threads = max(1, cores // jobs)
     log_dir = os.path.join(os.path.dirname(runs[0]["folder"]), "_sweep", "logs")
     os.makedirs(log_dir, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print(f"{sweep['study']}: {len(todo)} of {len(runs)} runs to do, {jobs} at a time x {threads} thread"
           f"{'s' if threads > 1 else ''} ({cores} cores); logs in {log_dir}/", flush=True)
-    queue, running, outcome = list(todo), {}, {"finished": [], "failed": [], "stopped": [], "elsewhere": []}
-    counted = lambda: len(outcome["finished"]) + len(outcome["failed"]) + len(outcome["elsewhere"])
-    stop = []
+    queue, running = list(todo), {}  # running: Popen -> (run, its log file, start time)
+    outcome = {"finished": [], "failed": [], "stopped": [], "elsewhere": []}  # lists of (run, exit status)
+    stop, stopping = [], False  # the signals received; whether the runs have been told to stop
     handlers = {s: signal.signal(s, lambda signum, frame: stop.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)}
     start = last_report = time.time()
-    clock = lambda: f"[{time.time() - start:5.0f}s]"
-    stopping = False
     try:
         while running or (queue and not stop):
             while queue and len(running) < jobs and not stop:
@@ -750,45 +696,82 @@ def run_local(sweep, runs, todo, jobs):
                 status, detail = run_status(run)
                 if status in ("done", "diverged", "running"):  # since the sweep started: another process has it
                     outcome["elsewhere"].append((run, None))
-                    print(f"{clock()} skip    {run['name']}  " + (f"running {detail}" if status == "running" else
-                          f"finished by another process: {detail}") + f"  [{counted()}/{len(todo)}]", flush=True)
+                    say(start, f"skip    {run['name']}  {elsewhere(status, detail)}  {tally(outcome, todo)}")
                     continue
-                log = open(os.path.join(log_dir, f"{run['name']}.log"), "a")
-                cmd = [sys.executable, os.path.join(REPO, "train.py")] + run["args"] + [f"--num_threads={threads}"]
-                # own session: a Ctrl-C reaches sweep.py alone, which then stops each run once, cleanly
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+                proc, log = start_run(run, log_dir, threads, env)
                 running[proc] = (run, log, time.time())
-                print(f"{clock()} start   {run['name']}", flush=True)
+                say(start, f"start   {run['name']}")
             if stop and not stopping:
                 stopping = True
-                print(f"{clock()} {signal.Signals(stop[0]).name}: stopping {len(running)} run(s) at their next step "
-                      f"(they checkpoint); the same command resumes them", flush=True)
+                say(start, f"{signal.Signals(stop[0]).name}: stopping {len(running)} run(s) at their next step "
+                           f"(they checkpoint); the same command resumes them")
                 for proc in running:
                     proc.send_signal(signal.SIGTERM)
             time.sleep(0.1)
             for proc in [p for p in running if p.poll() is not None]:
                 run, log, t0 = running.pop(proc)
                 log.close()
-                status, detail = run_status(run)
-                kind = "finished" if proc.returncode == 0 else "stopped" if proc.returncode == train.EXIT_INTERRUPTED \
-                    else "failed"
-                if kind == "stopped" and not stopping and status in ("done", "diverged", "running"):
-                    kind = "elsewhere"  # train.py found the folder owned by another process (its lock)
+                kind, word, what = how_it_ended(run, proc.returncode, stopping)
                 outcome[kind].append((run, proc.returncode))
-                word = {"finished": "diverged" if status == "diverged" else "done", "stopped": "stopped",
-                        "failed": "FAILED", "elsewhere": "skip"}[kind]
-                what = {"failed": f"exit {proc.returncode}", "elsewhere": f"running {detail}" if status == "running"
-                        else f"finished by another process: {detail}"}.get(kind, detail)
-                print(f"{clock()} {word:<7} {run['name']}  {what}, {time.time() - t0:.0f}s  [{counted()}/{len(todo)}]",
-                      flush=True)
+                say(start, f"{word:<7} {run['name']}  {what}, {time.time() - t0:.0f}s  {tally(outcome, todo)}")
             if running and time.time() - last_report > 30:
                 last_report = time.time()
-                print(f"{clock()} running: " + ", ".join(f"{r['name']} (step {last_step(r['folder'])})"
-                                                         for r, _, _ in running.values()), flush=True)
+                say(start, "running: " + ", ".join(f"{r['name']} (step {last_step(r['folder'])})"
+                                                   for r, _, _ in running.values()))
     finally:
         for s, handler in handlers.items():
             signal.signal(s, handler)
-    not_done = len(todo) - counted()
+    print_local_summary(sweep, todo, outcome, log_dir, start)
+    if stop:
+        return train.EXIT_INTERRUPTED
+    return 1 if outcome["failed"] or outcome["stopped"] else 0
+
+
+def start_run(run, log_dir, threads, env):
+    """train.py for one run, its output appended to the run's log; (process, log file)."""
+    log = open(os.path.join(log_dir, f"{run['name']}.log"), "a")
+    cmd = [sys.executable, os.path.join(REPO, "train.py")] + run["args"] + [f"--num_threads={threads}"]
+    # own session: a Ctrl-C reaches sweep.py alone, which then stops each run once, cleanly
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    return proc, log
+
+
+def how_it_ended(run, returncode, stopping):
+    """(outcome kind, word for the progress line, what to say) of a run whose train.py exited."""
+    status, detail = run_status(run)
+    kind = "finished" if returncode == 0 else "stopped" if returncode == train.EXIT_INTERRUPTED else "failed"
+    if kind == "stopped" and not stopping and status in ("done", "diverged", "running"):
+        kind = "elsewhere"  # train.py found the folder owned by another process (its lock)
+    word = {"finished": "diverged" if status == "diverged" else "done", "stopped": "stopped", "failed": "FAILED",
+            "elsewhere": "skip"}[kind]
+    what = {"failed": f"exit {returncode}", "elsewhere": elsewhere(status, detail)}.get(kind, detail)
+    return kind, word, what
+
+
+def elsewhere(status, detail):
+    return f"running {detail}" if status == "running" else f"finished by another process: {detail}"
+
+
+def say(start, text):
+    print(f"[{time.time() - start:5.0f}s] {text}", flush=True)
+
+
+def tally(outcome, todo):
+    return f"[{counted(outcome)}/{len(todo)}]"
+
+
+def counted(outcome):
+    return len(outcome["finished"]) + len(outcome["failed"]) + len(outcome["elsewhere"])
+
+
+def last_step(folder):
+    rows, _ = results.read_metrics(os.path.join(folder, "metrics.csv"))
+    return rows[-1]["step"] if rows else 0
+
+
+def print_local_summary(sweep, todo, outcome, log_dir, start):
+    """The closing line, and for each failed run the last line of its log and its command."""
+    not_done = len(todo) - counted(outcome)
     print(f"{sweep['study']}: {len(outcome['finished'])} finished, {len(outcome['failed'])} failed"
           + (f", {len(outcome['elsewhere'])} left to another process" if outcome["elsewhere"] else "")
           + (f", {not_done} not finished (run the same command to resume)" if not_done else "")
@@ -802,9 +785,6 @@ def run_local(sweep, runs, todo, jobs):
             lines = []
         print(f"  FAILED {run['name']}: exit {code}: {lines[-1][:200] if lines else '(empty log)'}\n"
               f"    log: {log}\n    command: python train.py {shlex.join(run['args'])}")
-    if stop:
-        return train.EXIT_INTERRUPTED
-    return 1 if outcome["failed"] or outcome["stopped"] else 0
 
 
 def prepare_embedded(runs):
@@ -844,100 +824,95 @@ def parse_args(argv):
     args, rest = p.parse_known_args(argv)
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"-j must be at least 1, got {args.jobs}")
-    params = {}
+    args.params = {}
     for item in args.set:
         if "=" not in item:
             raise UserError(f"--set {item}: write --set NAME=VALUE")
         name, raw = item.split("=", 1)
-        try:
-            params[name.strip()] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            params[name.strip()] = raw
-    args.params = params
+        args.params[name.strip()] = parse_literal(raw)
     # the rest must be train.py overrides: --key=value for every run, --key=[a,b] for a grid axis
     args.cli_fixed, args.cli_grid = {}, {}
     for arg in rest:
-        if not arg.startswith("--") or "=" not in arg:
-            name = arg.lstrip("-")
-            if arg.startswith("--") and name in train.DEFAULTS:
-                raise UserError(f"{arg} needs its value after '=': write {arg}=VALUE")
-            options = [o.lstrip("-") for o in p._option_string_actions if o.startswith("--")]
-            hint = closest_key(name, options + list(train.DEFAULTS)) if arg.startswith("-") else ""
-            raise UserError(f"unexpected argument '{arg}'{hint}; sweep.py's options are in --help, train.py keys "
-                            f"take --key=value")
-        key, raw = arg[2:].split("=", 1)
-        if key not in train.DEFAULTS:
-            raise unknown_key_error(key, train.DEFAULTS, "on the command line")
-        try:
-            literal = ast.literal_eval(raw)
-        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-            literal = raw
-        if key in ("overwrite",):
-            raise UserError("--overwrite cannot be used in a sweep (a requeued task would start over); delete the "
-                            "run folders instead")
-        if isinstance(literal, list):
-            if not literal:
+        key, value = train_override(arg, p)
+        if isinstance(value, list):
+            if not value:
                 raise UserError(f"--{key}=[]: a grid axis needs at least one value")
-            args.cli_grid[key] = literal
+            args.cli_grid[key] = value
         else:
-            args.cli_fixed[key] = literal
+            args.cli_fixed[key] = value
     args.argv_sweep = [a for a in argv if a not in ("--list", "--commands", "--local")]
     return args
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    try:
-        args = parse_args(argv)
-        path = args.sweep or os.path.relpath(os.path.join(REPO, DEFAULT_SWEEP))
-        sweep = load_sweep(path, args.params)
-        runs = resolve_runs(sweep, args.cli_fixed, args.cli_grid)
-        if "study" in args.cli_fixed:  # --study=NAME: the progress lines and the job name say so
-            sweep["study"] = str(args.cli_fixed["study"])
-        if args.commands:
-            for r in runs:
-                print(f"python train.py {shlex.join(r['args'])}")
-            return 0
-        changed = statuses(runs)
-        if args.list:
-            print_list(sweep, runs)
-            return 0
-        study_dir = os.path.dirname(runs[0]["folder"])
-        if changed:
-            raise config_changed_error(changed, study_dir)
-        todo = [r for r in runs if r["status"] not in ("done", "diverged", "running")]
-        busy = [r for r in runs if r["status"] == "running"]  # another live process owns these: leave them to it
-        for r in busy:
-            print(f"skip {r['name']}: running {r['detail']}", file=sys.stdout if args.local else sys.stderr)
-        finished = f"all {len(runs)} runs are finished" if not busy else \
-            f"{len(runs) - len(busy)} runs are finished, {len(busy)} running in another process"
-        if args.local:
-            if not todo:
-                print(f"{sweep['study']}: {finished} ({study_dir})")
-                return 0
-            prepare_embedded(todo)
-            return run_local(sweep, runs, todo, args.jobs or 1)
+def train_override(arg, parser):
+    """(key, value) of a train.py --key=value argument given to sweep.py (the value as a literal where it is one)."""
+    if not arg.startswith("--") or "=" not in arg:
+        name = arg.lstrip("-")
+        if arg.startswith("--") and name in train.DEFAULTS:
+            raise UserError(f"{arg} needs its value after '=': write {arg}=VALUE")
+        options = [o.lstrip("-") for o in parser._option_string_actions if o.startswith("--")]
+        hint = closest_key(name, options + list(train.DEFAULTS)) if arg.startswith("-") else ""
+        raise UserError(f"unexpected argument '{arg}'{hint}; sweep.py's options are in --help, train.py keys "
+                        f"take --key=value")
+    key, raw = split_override(arg, train.DEFAULTS)
+    if key == "overwrite":
+        raise UserError("--overwrite cannot be used in a sweep (a requeued task would start over); delete the "
+                        "run folders instead")
+    return key, parse_literal(raw)
+
+
+def run(argv):
+    args = parse_args(argv)
+    sweep = load_sweep(args.sweep or os.path.relpath(os.path.join(REPO, DEFAULT_SWEEP)), args.params)
+    runs = resolve_runs(sweep, args.cli_fixed, args.cli_grid)
+    if "study" in args.cli_fixed:  # --study=NAME: the progress lines and the job name say so
+        sweep["study"] = str(args.cli_fixed["study"])
+    if args.commands:
+        for r in runs:
+            print(f"python train.py {shlex.join(r['args'])}")
+        return 0
+    changed = statuses(runs)
+    if args.list:
+        print_list(sweep, runs)
+        return 0
+    study_dir = os.path.dirname(runs[0]["folder"])
+    if changed:
+        raise config_changed_error(changed, study_dir)
+    todo = [r for r in runs if r["status"] not in ("done", "diverged", "running")]
+    busy = [r for r in runs if r["status"] == "running"]  # another live process owns these: leave them to it
+    for r in busy:
+        print(f"skip {r['name']}: running {r['detail']}", file=sys.stdout if args.local else sys.stderr)
+    finished = f"all {len(runs)} runs are finished" if not busy else \
+        f"{len(runs) - len(busy)} runs are finished, {len(busy)} running in another process"
+    if args.local:
         if not todo:
-            print(f"{sweep['study']}: {finished} ({study_dir}); nothing to submit", file=sys.stderr)
+            print(f"{sweep['study']}: {finished} ({study_dir})")
             return 0
-        if not os.path.samefile(os.getcwd(), REPO):
-            raise UserError(f"run sweep.py from the repository root ({REPO}) to submit: the job runs train.py and "
-                            f"slurm/requeue.sh from the folder sbatch is called in")
         prepare_embedded(todo)
-        command = "python sweep.py " + shlex.join(argv)
-        script = sbatch_script(sweep, runs, todo, args, command)
-        sys.stdout.write(script)
-        sys.stdout.flush()
-        print(f"{sweep['study']}: a job array of {len(todo)} runs ({len(runs) - len(todo) - len(busy)} already "
-              f"finished{f', {len(busy)} running in another process' if busy else ''}); logs will be in "
-              f"{study_dir}/_sweep/logs/", file=sys.stderr)
+        return run_local(sweep, runs, todo, args.jobs or 1)
+    if not todo:
+        print(f"{sweep['study']}: {finished} ({study_dir}); nothing to submit", file=sys.stderr)
         return 0
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # `python sweep.py --list | head`: the reader left; not an error of ours
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
+    submit(sweep, runs, todo, busy, args, "python sweep.py " + shlex.join(argv))
+    return 0
+
+
+def submit(sweep, runs, todo, busy, args, command):
+    """Print the job-array script for the runs in todo (sbatch reads it from the pipe)."""
+    if not os.path.samefile(os.getcwd(), REPO):
+        raise UserError(f"run sweep.py from the repository root ({REPO}) to submit: the job runs train.py and "
+                        f"slurm/requeue.sh from the folder sbatch is called in")
+    prepare_embedded(todo)
+    script = sbatch_script(sweep, runs, todo, args, command)
+    sys.stdout.write(script)
+    sys.stdout.flush()
+    print(f"{sweep['study']}: a job array of {len(todo)} runs ({len(runs) - len(todo) - len(busy)} already "
+          f"finished{f', {len(busy)} running in another process' if busy else ''}); logs will be in "
+          f"{os.path.dirname(runs[0]['folder'])}/_sweep/logs/", file=sys.stderr)
+
+
+def main(argv=None):
+    return cli_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,10 @@ Every global below is a config key. Config files (plain Python) and --key=value 
 order. Re-running the same command resumes an interrupted run from its checkpoint and leaves a finished one
 alone (--overwrite=True trains it again). SIGTERM, SIGINT and SIGUSR1 checkpoint and exit with status 75.
 Exit status: 0 finished (completed, diverged, early_stopped, time_limit), 75 interrupted, 2 bad input, 1 crash.
+
+Reading order: the config and its checks, the model's optimizer, the LR schedule, the data, the device; then the
+run, from train() down: setup_runtime, setup_training, open_run, train_loop (train_step, log_progress,
+record_evaluation, the cooldown branches), save_run_checkpoint, finish_run.
 """
 import copy
 import errno
@@ -23,12 +27,18 @@ import subprocess
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
 import results
 from configurator import UserError, describe_keys, parse_args
+from lstm import LSTM_INITS, LSTMConfig, LSTMLM, check_lstm_config
+from model import GPT, MODEL_CHOICES, GPTConfig, check_model_config, mup_lr_mult, mup_wd_mult
 
 # ------------------------------------------------------------------------------------------- config
 # run identity and output
@@ -131,22 +141,17 @@ lock_wait_s = -1.0  # seconds to wait for a run folder another process owns (the
 wandb_log = False  # log to Weights & Biases (works offline with WANDB_MODE=offline)
 wandb_project = "algoprog"  # wandb project
 DEFAULTS = {k: v for k, v in globals().items() if not k.startswith("_") and isinstance(
-    v, (int, float, str, bool, list, type(None))) and k not in ("math", "os", "random", "signal")}
+    v, (int, float, str, bool, list, type(None)))}
 
 CHOICES = {
     "arch": ("transformer", "lstm"),
-    "activation": ("relu", "gelu", "silu", "glu", "swiglu", "geglu"),
-    "pos_encoding": ("none", "sinusoidal", "learned", "rotary"),
-    "norm": ("layernorm", "rmsnorm"),
-    "norm_position": ("pre", "post"),
-    "init": ("transformer", "xavier_normal", "kaiming_normal", "pytorch"),
-    "lstm_init": ("xavier", "uniform", "pytorch"),
+    **MODEL_CHOICES,  # activation, pos_encoding, norm, norm_position, init, final_norm
+    "lstm_init": LSTM_INITS,
     "optimizer": ("adamw", "adam", "sgd"),
     "lr_schedule": ("constant", "linear", "cosine", "inverse_sqrt", "wsd"),
     "decay_shape": ("linear", "1-sqrt"),
     "dtype": ("auto", "float32", "bfloat16", "float16"),
     "compile": ("auto", True, False),
-    "final_norm": ("auto", True, False),
 }
 EXIT_INTERRUPTED = 75  # EX_TEMPFAIL: run the same command again to resume
 DEFAULT_MAX_ITERS = 2000  # max_iters=-1 (the default) means this when no other budget is set
@@ -156,8 +161,7 @@ DEFAULT_MAX_ITERS = 2000  # max_iters=-1 (the default) means this when no other 
 def resolve_config(args):
     """Config files and --key=value overrides applied to DEFAULTS, label and run_name filled in, every value
     checked. Raises UserError (one line) on anything wrong. Needs no data and no device."""
-    config, config_files = parse_args(args, DEFAULTS)
-    c = config
+    c, config_files = parse_args(args, DEFAULTS)
     for key, choices in CHOICES.items():
         if c[key] not in choices:
             raise UserError(f"{key}={c[key]!r} is not one of {', '.join(map(str, choices))}")
@@ -171,7 +175,7 @@ def resolve_config(args):
     nonnegative = ("max_iters", "max_tokens", "max_flops", "tokens_per_param", "time_limit_s", "warmup_iters",
                    "lr_decay_iters", "ckpt_interval", "early_stopping_patience", "grad_clip", "weight_decay",
                    "num_threads", "peak_flops", "lstm_hidden", "lstm_proj", "target_effective_batch_size", "eps",
-                   "momentum", "init_std", "lstm_init_range", "eval_rows")
+                   "momentum", "init_std", "lstm_init_range", "eval_rows", "mup_base_head_dim")
     for key in nonnegative:
         if c[key] < 0:
             raise UserError(f"{key} must be >= 0, got {c[key]}")
@@ -191,32 +195,16 @@ def resolve_config(args):
             raise UserError(f"{key} must be in [0, 1), got {c[key]}")
     if c["optimizer"] == "sgd" and c["nesterov"] and not c["momentum"]:
         raise UserError("nesterov=True needs momentum > 0")
-    if c["arch"] == "transformer":
-        if c["n_embd"] % c["n_head"]:
-            raise UserError(f"n_embd={c['n_embd']} is not divisible by n_head={c['n_head']}")
-        if c["pos_encoding"] == "rotary" and (c["n_embd"] // c["n_head"]) % 2:
-            raise UserError(f"rotary needs an even head size; n_embd/n_head = {c['n_embd'] // c['n_head']}")
-        if c["head_bias"] and c["tie_embeddings"]:
-            raise UserError("head_bias=True needs an untied head: set tie_embeddings=False")
-        if c["use_mup"] and not c["mup_base_head_dim"] and c["mup_base_width"] % c["n_head"]:
-            raise UserError(f"mup_base_width={c['mup_base_width']} is not divisible by n_head={c['n_head']}; set "
-                            f"mup_base_head_dim to the base model's head size")
-    else:
+    if c["arch"] == "lstm":
         if c["use_mup"]:
             raise UserError("use_mup is implemented for arch='transformer' only (see README, muP)")
         for key in ("answer_head", "head_bias"):
             if c[key]:
                 raise UserError(f"{key} is implemented for arch='transformer' only; leave it False for the LSTM")
-        out_dim = c["lstm_proj"] or c["lstm_hidden"] or c["n_embd"]
-        if c["tie_embeddings"] and out_dim != c["n_embd"]:
-            raise UserError(f"tie_embeddings needs the LSTM output width ({out_dim}) to equal n_embd "
-                            f"({c['n_embd']}): set tie_embeddings=False or matching widths")
-        if c["lstm_proj"] and c["lstm_proj"] >= (c["lstm_hidden"] or c["n_embd"]):
-            raise UserError("lstm_proj must be smaller than the LSTM width (lstm_hidden or n_embd)")
-    if c["use_mup"] and c["mup_base_width"] <= 0:
-        raise UserError("mup_base_width must be positive")
-    if c["mup_base_head_dim"] < 0:
-        raise UserError(f"mup_base_head_dim must be >= 0, got {c['mup_base_head_dim']}")
+    try:  # the model's own checks, as one-line errors now rather than tracebacks after the data is read
+        (check_model_config if c["arch"] == "transformer" else check_lstm_config)(c)
+    except ValueError as e:
+        raise UserError(str(e)) from None
     if c["layer_lr_mults"] is not None:
         mults = c["layer_lr_mults"]
         if not isinstance(mults, (list, tuple)) or len(mults) not in (3, c["n_layer"] + 2) or not all(
@@ -242,8 +230,8 @@ def resolve_config(args):
 
 
 def check_schedule(c):
-    """The wsd schedule and its cooldown budgets (the checks that need no data; run_training checks the budgets
-    against the run's length)."""
+    """The wsd schedule and its cooldown budgets (the checks that need no data; check_run_length checks the
+    budgets against the run's length)."""
     wsd = c["lr_schedule"] == "wsd"
     if not 0 < c["decay_frac"] <= 1:
         raise UserError(f"decay_frac must be in (0, 1], got {c['decay_frac']}")
@@ -293,13 +281,10 @@ def run_folder(config):
 def build_model(config, vocab_size, head_vocab_size=0):
     """The model of config; head_vocab_size (Transformer only): score token ids 0..head_vocab_size-1 only."""
     if config["arch"] == "lstm":
-        from lstm import LSTMConfig, LSTMLM
-        keys = LSTMConfig.__dataclass_fields__
-        return LSTMLM(LSTMConfig(vocab_size=vocab_size, **{k: config[k] for k in keys if k in config}))
-    from model import GPT, GPTConfig
-    keys = GPTConfig.__dataclass_fields__
+        return LSTMLM(LSTMConfig(vocab_size=vocab_size, **{k: config[k] for k in LSTMConfig.__dataclass_fields__
+                                                           if k in config}))
     return GPT(GPTConfig(vocab_size=vocab_size, head_vocab_size=head_vocab_size,
-                         **{k: config[k] for k in keys if k in config}))
+                         **{k: config[k] for k in GPTConfig.__dataclass_fields__ if k in config}))
 
 
 def layer_lr_mult(config, layer, n_layer):
@@ -317,7 +302,6 @@ def layer_lr_mult(config, layer, n_layer):
 def optimizer_groups(model, config):
     """Parameter groups with an 'lr_mult' each (muP x layer-wise); the schedule sets lr = lr_t * lr_mult.
     Weight decay on matrices (embeddings with decay_embeddings, biases and norm gains with decay_vectors)."""
-    from model import mup_lr_mult, mup_wd_mult
     width_mult = config["n_embd"] / config["mup_base_width"] if config["use_mup"] else 1.0
     groups = {}
     for _, p, kind, layer in model.param_info():
@@ -417,18 +401,15 @@ class RowBatches:
         self.mask[[p - 1 for p in supervised_positions]] = False  # y[j] = row[j + 1]
 
     def batch(self, index):
-        rows = self.rows[np.sort(index)].astype(np.int64)
+        """(x, y) of the rows at index."""
+        rows = self.rows[index].astype(np.int64)
         x, y = rows[:, :-1], rows[:, 1:].copy()
         y[:, self.mask] = -1
         return torch.from_numpy(x), torch.from_numpy(y)
 
     def next(self, n_sequences):
-        index = self.rng.integers(0, len(self.rows), size=n_sequences) if self.replacement else \
-            self.epoch_index(n_sequences)
-        rows = self.rows[index].astype(np.int64)
-        x, y = rows[:, :-1], rows[:, 1:].copy()
-        y[:, self.mask] = -1
-        return torch.from_numpy(x), torch.from_numpy(y)
+        return self.batch(self.rng.integers(0, len(self.rows), size=n_sequences) if self.replacement else
+                          self.epoch_index(n_sequences))
 
     def epoch_index(self, n_sequences):
         """The next n_sequences rows in the epoch's order; an epoch that runs out reshuffles."""
@@ -530,14 +511,11 @@ def cuda_has_native_bf16(device=None):
 
 
 def pick_dtype(config, device_type, device=None):
-    """autocast dtype. CUDA: bf16 where the GPU has it in hardware (capability >= 8.0), else fp16 with a
-    GradScaler (V100, T4); the LSTM stays fp32 (TF32 matmuls on Ampere and later), as on CPU, and is refused bf16:
-    cuDNN's autocast runs RNNs in fp16 whatever the autocast dtype, with no GradScaler. CPU: bf16 autocast for
-    Transformers of width >= 64 where the CPU has native bf16 matmul (measured on this project's CPU, bf16 over
-    fp32 steps: 1.1x at width 32, 1.4-1.7x at 64, 1.9x at 128 and 256; the same validation loss at 64, 128 and 256:
-    README "Performance"), fp32 elsewhere. The LSTM stays fp32: bf16 runs it 1.3-1.6x faster here, but reached
-    the target loss with 2% more compute [0.0, 4%] over 3 seeds, a bias this toolkit's comparisons must not carry
-    (--dtype=bfloat16 opts in on CPU)."""
+    """autocast dtype for dtype=auto. CUDA: bf16 where the GPU has it in hardware, else fp16 with a GradScaler
+    (V100, T4). CPU: bf16 for Transformers of width >= 64 where the CPU has native bf16 matmul (below that it does
+    not pay), else fp32. The LSTM stays fp32 everywhere: on CPU bf16 cost it a little compute to the same loss, a
+    bias the comparisons must not carry (--dtype=bfloat16 opts in); on CUDA cuDNN's autocast would run it in fp16
+    without loss scaling, so bf16 is refused there. Measurements: README "Performance"."""
     if config["dtype"] != "auto":
         if device_type == "cuda" and config["arch"] == "lstm" and config["dtype"] == "bfloat16":
             raise UserError("dtype=bfloat16 with arch='lstm' on CUDA would run the LSTM in float16 without loss "
@@ -662,7 +640,6 @@ def probe_peak_memory(model, micro, block_size, vocab_size, autocast):
 
 def agree_on_min(value, group=None):
     """The smallest of every process's value under DDP (a collective: every process calls it), else value."""
-    import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         return value
     t = torch.tensor([value], dtype=torch.int64)
@@ -742,7 +719,6 @@ def make_vote(ddp, group=None, seconds=VOTE_SECONDS, max_calls=VOTE_MAX_CALLS):
     `seconds`: the number of calls until the next vote is agreed in the same all-reduce (the smallest proposal),
     so every process votes at the same call; in between the last agreement holds (both flags only ever turn on).
     Calls inside a step pass only `interrupted`: out of time stays as at the step's start."""
-    import torch.distributed as dist
     votes = {"calls": 0, "due": 1, "since": time.perf_counter(), "agreed": (False, False), "out_of_time": False}
 
     def vote(interrupted, out_of_time=None):
@@ -935,32 +911,16 @@ def load_checkpoint(folder):
 
 
 def save_checkpoint(folder, ckpt):
-    """Atomic, keeping the previous checkpoint as ckpt.prev.pt until the new one is complete."""
-    path = os.path.join(folder, "ckpt.pt")
-    tmp = os.path.join(folder, f"ckpt.pt.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:  # a Python file, so a failed write (disk full) is an OSError underneath
-            try:
-                torch.save(ckpt, f)
-            except RuntimeError as e:  # torch reports the failed write as a RuntimeError; raise the OSError
-                if isinstance(e.__context__, OSError):
-                    raise e.__context__ from None
-                raise
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    if os.path.exists(path):
-        prev = os.path.join(folder, "ckpt.prev.pt")
-        try:  # a hard link, so that ckpt.pt exists at every moment (a kill between two renames would leave none)
-            if os.path.lexists(prev):
-                os.remove(prev)
-            os.link(path, prev)
-        except OSError:  # filesystems without hard links: rename (resume then falls back to ckpt.prev.pt)
-            os.replace(path, prev)
-    os.replace(tmp, path)
+    """ckpt.pt, written atomically; the checkpoint before it stays as ckpt.prev.pt."""
+    def write(f):  # to a Python file, so that a failed write (disk full) is an OSError underneath
+        try:
+            torch.save(ckpt, f)
+        except RuntimeError as e:  # torch reports the failed write as a RuntimeError; raise the OSError
+            if isinstance(e.__context__, OSError):
+                raise e.__context__ from None
+            raise
+    results.atomic_write(os.path.join(folder, "ckpt.pt"), write, binary=True,
+                         keep_previous=os.path.join(folder, "ckpt.prev.pt"))
 
 
 # ------------------------------------------------------------------------------------------- training
@@ -971,29 +931,81 @@ def train(config):
         return run_training(config, stop)
     finally:
         stop.restore()
-        results.release_run_folder(run_folder(config))  # the folder's lock, where run_training took it
-
-
-def under_torchrun():
-    return int(os.environ.get("RANK", -1)) != -1
+        results.release_run_folder(run_folder(config))  # the folder's lock, where open_run took it
 
 
 def run_training(config, stop):
-    # ---- processes and device
-    ddp = under_torchrun()
-    import torch.distributed as dist
+    runtime = setup_runtime(config)
+    run = setup_training(config, runtime, stop)
+    state = open_run(run)
+    if state is None:
+        return "finished_before"
+    wrap_model(run)
+    plan_cooldowns(run, state)
+    print_header(run)
+    status = train_loop(run, state)
+    finish_run(run, state, status)
+    return status
+
+
+@dataclass
+class Runtime:
+    """This process: its rank among the DDP processes (rank 0 alone writes files and prints), its device and
+    precision. The bookkeeping collectives (stop votes, loss sums, checkpoint parts) run on CPU tensors in `group`;
+    without DDP they give back this process's own values."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: str  # 'cpu', 'cuda:1', 'mps'
+    dtype_name: str  # float32, bfloat16 or float16 (autocast; float16 with a GradScaler)
+    autocast: object  # the context the forward passes run in
+    compile: bool
+    ddp: bool
+    group: object  # a gloo group when the training backend is nccl; None: the default (gloo) group
+    vote: object  # make_vote's: stop (signal, time limit) at the same step on every process
+
+    @property
+    def master(self):
+        return self.rank == 0
+
+    @property
+    def device_type(self):
+        return self.device.split(":")[0]
+
+    def sum(self, t):
+        """t (a CPU tensor) summed over the processes, in place."""
+        if self.ddp:
+            dist.all_reduce(t, group=self.group)
+        return t
+
+    def broadcast(self, obj):
+        """Rank 0's obj, on every process."""
+        if not self.ddp:
+            return obj
+        shared = [obj]
+        dist.broadcast_object_list(shared, src=0, group=self.group)
+        return shared[0]
+
+    def gather(self, obj):
+        """Every process's obj, in rank order."""
+        if not self.ddp:
+            return [obj]
+        everyone = [None] * self.world_size
+        dist.all_gather_object(everyone, obj, group=self.group)
+        return everyone
+
+
+def setup_runtime(config):
+    """The process group under torchrun, this process's device, threads, precision and whether it compiles."""
+    ddp, group = under_torchrun(), None
     if ddp:
-        from datetime import timedelta
-        rank, local_rank, world_size = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"]), \
-            int(os.environ["WORLD_SIZE"])
+        rank, local_rank, world_size = (int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE"))
         device = setup_device(config, local_rank)
         backend = "nccl" if device.startswith("cuda") else "gloo"
         dist.init_process_group(backend, timeout=timedelta(seconds=config["ddp_timeout_s"]))
-        # small bookkeeping collectives (stop votes, loss sums, RNG states) use CPU tensors: a gloo group
-        cpu_group = dist.new_group(backend="gloo") if backend == "nccl" else None
+        group = dist.new_group(backend="gloo") if backend == "nccl" else None
     else:
-        rank, local_rank, world_size, device, cpu_group = 0, 0, 1, setup_device(config), None
-    master = rank == 0
+        rank, local_rank, world_size, device = 0, 0, 1, setup_device(config)
     device_type = device.split(":")[0]
     if config["num_threads"]:
         torch.set_num_threads(config["num_threads"])
@@ -1003,466 +1015,192 @@ def run_training(config, stop):
         torch.backends.cudnn.allow_tf32 = True
     autocast = nullcontext() if dtype_name == "float32" else torch.autocast(
         device_type, dtype={"bfloat16": torch.bfloat16, "float16": torch.float16}[dtype_name])
-    use_compile = pick_compile(config, device_type)
+    return Runtime(rank, world_size, local_rank, device, dtype_name, autocast, pick_compile(config, device_type),
+                   ddp, group, make_vote(ddp, group))
 
-    # ---- data
+
+def under_torchrun():
+    return int(os.environ.get("RANK", -1)) != -1
+
+
+def load_data(config, runtime):
+    """(meta, training batches, validation batches, head_vocab_size) of config's dataset, prepared first if it is
+    the embedded corpus and missing. A task dataset sets config's block_size to its row length."""
     from prepare import load_dataset, prepare
-    data_path = os.path.join(config["data_dir"], config["dataset"])
-    if config["dataset"] == "stdlib" and not os.path.exists(os.path.join(data_path, "meta.json")):
-        if master:
-            print(f"preparing the embedded corpus in {data_path} (once)")
+    path = os.path.join(config["data_dir"], config["dataset"])
+    if config["dataset"] == "stdlib" and not os.path.exists(os.path.join(path, "meta.json")):
+        if runtime.master:
+            print(f"preparing the embedded corpus in {path} (once)")
             prepare("stdlib", data_dir=config["data_dir"])
-        if ddp:
+        if runtime.ddp:
             dist.barrier()
     data = load_dataset(config["data_dir"], config["dataset"])
     meta = data["meta"]
-    rows = meta["kind"] == "rows"
-    if rows:
+    if meta["kind"] == "rows":
         config["block_size"] = meta["row_len"] - 1  # a row is the whole context
+        batches = RowBatches(data["train"], meta["supervised_positions"], config["seed"],
+                             config["rows_with_replacement"])
     elif min(len(data["train"]), len(data["val"])) <= config["block_size"] + 1:
         raise UserError(f"block_size={config['block_size']} is larger than the data: dataset "
                         f"'{config['dataset']}' has {len(data['train'])} train and {len(data['val'])} val tokens")
-    batches = RowBatches(data["train"], meta["supervised_positions"], config["seed"],
-                         config["rows_with_replacement"]) if rows else \
-        TokenBatches(data["train"], config["block_size"], config["seed"])
-    val_batches = validation_batches(meta, data["val"], config)
+    else:
+        batches = TokenBatches(data["train"], config["block_size"], config["seed"])
     head_vocab_size = answer_vocab_size(data, config["dataset"]) if config["answer_head"] else 0
+    return meta, batches, validation_batches(meta, data["val"], config), head_vocab_size
 
-    # ---- model and accounting
+
+@dataclass
+class Clocks:
+    """This process's wall clocks. elapsed_s counts training steps only (not compiling, evaluations, checkpoints,
+    peak probes or cooldown branches); a progress line's tokens/s counts from the line before (or from the last
+    of those pauses)."""
+    t_last: float = 0.0  # the end of the last step counted in elapsed_s
+    t_log: float = 0.0  # where the next progress line's interval starts
+    tokens_log: int = 0  # the tokens at t_log
+
+    def restart(self, tokens):
+        self.t_last = self.t_log = time.perf_counter()
+        self.tokens_log = tokens
+
+
+@dataclass
+class Run:
+    """What one run trains with, from its first step to its last: set up by setup_training, open_run and
+    wrap_model. raw_model is what gets saved and evaluated; model is what trains (compiled, DDP-wrapped)."""
+    config: dict
+    runtime: Runtime
+    stop: StopSignal
+    batches: object  # TokenBatches or RowBatches
+    val_batches: list
+    rows: bool  # a task dataset: targets only at the supervised positions, and accuracy is measured
+    raw_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    micro_batch: int  # sequences per forward pass
+    accum: int  # micro-steps per optimizer step, on each process
+    tokens_per_step: int  # all processes together
+    flops_per_token: int
+    budgets: dict  # {budget key: optimizer steps it allows}
+    total_steps: int  # the smallest of those; None: a time limit only
+    schedule_steps: int  # the LR schedule's length: total_steps, else lr_decay_iters
+    derived: dict  # config.json's "derived" record
+    folder: str
+    model: torch.nn.Module = None
+    resumed: bool = False
+    metrics_file: object = None  # rank 0's
+    wandb_run: object = None
+    peak: float = None  # rank 0's device peak FLOP/s for MFU
+    peak_probes_left: int = 3
+    anneal_rows: list = field(default_factory=list)  # the cooldown points so far (anneal.csv)
+    branch_points: list = field(default_factory=list)  # (step, budget) of the cooldown branches still to run
+    clock: Clocks = field(default_factory=Clocks)
+
+    @property
+    def columns(self):
+        return results.METRICS_COLUMNS + (results.TASK_COLUMNS if self.rows else [])
+
+    @property
+    def anneal_columns(self):
+        return results.ANNEAL_COLUMNS + ["train_loss", "branch_from", "branch_s"] + (["val_acc"] if self.rows else [])
+
+
+def setup_training(config, runtime, stop):
+    """The data, the model and its batch plan, the budgets in steps, the optimizer and the GradScaler."""
+    meta, batches, val_batches, head_vocab_size = load_data(config, runtime)
     torch.manual_seed(config["seed"])  # identical init on every process
     random.seed(config["seed"])
     np.random.seed(config["seed"] % 2 ** 32)
-    model = build_model(config, meta["vocab_size"], head_vocab_size).to(device)
-    micro_batch, accum = plan_batches(config, world_size, model, device_type, autocast,
-                                     head_vocab_size or meta["vocab_size"],  # the probe's ids are valid targets
-                                     cpu_group)
+    model = build_model(config, meta["vocab_size"], head_vocab_size).to(runtime.device)
+    micro_batch, accum = plan_batches(config, runtime.world_size, model, runtime.device_type, runtime.autocast,
+                                      head_vocab_size or meta["vocab_size"],  # the probe's ids are valid targets
+                                      runtime.group)
     n_params, n_params_ne = model.num_params(), model.num_params(non_embedding=True)
     flops_per_token = model.flops_per_token()
-    tokens_per_step = micro_batch * config["block_size"] * accum * world_size
+    tokens_per_step = micro_batch * config["block_size"] * accum * runtime.world_size
     budgets = budget_limits(config, tokens_per_step, flops_per_token, n_params_ne)
     total_steps = budget_steps(config, tokens_per_step, flops_per_token, n_params_ne)
     check_run_length(config, total_steps, budgets)
-    schedule_steps = total_steps or config["lr_decay_iters"]
-    torch.manual_seed(config["seed"] + rank)  # dropout differs between processes
-    optimizer = make_optimizer(model, config, device_type)
-    scaler = torch.amp.GradScaler(device_type, enabled=dtype_name == "float16")
+    torch.manual_seed(config["seed"] + runtime.rank)  # dropout differs between processes
+    optimizer = make_optimizer(model, config, runtime.device_type)
+    scaler = torch.amp.GradScaler(runtime.device_type, enabled=runtime.dtype_name == "float16")
     derived = {"n_params": n_params, "n_params_non_embedding": n_params_ne, "flops_per_token": flops_per_token,
-               "tokens_per_step": tokens_per_step, "total_steps": total_steps, "world_size": world_size,
+               "tokens_per_step": tokens_per_step, "total_steps": total_steps, "world_size": runtime.world_size,
                "micro_batch_size": micro_batch, "gradient_accumulation_steps_per_process": accum,
-               "device": device, "dtype": dtype_name,
-               "compile": use_compile, "vocab_size": meta["vocab_size"],
-               "head_vocab_size": head_vocab_size or meta["vocab_size"], "torch": torch.__version__,
-               "git_sha": git_sha()}
-    columns = results.METRICS_COLUMNS + (results.TASK_COLUMNS if rows else [])
+               "device": runtime.device, "dtype": runtime.dtype_name, "compile": runtime.compile,
+               "vocab_size": meta["vocab_size"], "head_vocab_size": head_vocab_size or meta["vocab_size"],
+               "torch": torch.__version__, "git_sha": git_sha()}
+    return Run(config, runtime, stop, batches, val_batches, meta["kind"] == "rows", model, optimizer, scaler,
+               micro_batch, accum, tokens_per_step, flops_per_token, budgets, total_steps,
+               total_steps or config["lr_decay_iters"], derived, run_folder(config))
 
-    # ---- run folder: fresh, resumed, or already finished
-    folder = run_folder(config)
-    state = {"step": 0, "tokens": 0, "elapsed_s": 0.0, "best_val_loss": None, "evals_since_best": 0,
-             "step_val_acc_99": None, "last_row_step": None, "train_loss_sum": 0.0, "train_loss_steps": 0,
-             "train_acc_sum": 0.0}
-    decision = None  # 'finished', 'resume', 'fresh', or an error message
-    if master:
-        try:  # decided only once this process owns the folder (rank 0 for all: train() releases it)
-            results.lock_run_folder(folder, config["lock_wait_s"])
-            decision = prepare_run_folder(folder, config)
+
+@dataclass
+class RunState:
+    """Where the run stands: what a checkpoint saves and a resume restores, with the model, optimizer and scaler.
+    The counters are the same on every process; the last three fields are this process's own."""
+    step: int = 0  # optimizer steps taken
+    tokens: int = 0  # training tokens, all processes together
+    elapsed_s: float = 0.0  # training time (see Clocks)
+    best_val_loss: float = None
+    evals_since_best: int = 0  # evaluations without an improvement (early stopping)
+    step_val_acc_99: int = None  # task datasets: the first step at which val accuracy reached 0.99
+    last_row_step: int = None  # the step of the last metrics.csv row
+    train_loss_sum: float = 0.0  # training loss and accuracy summed since the last row, over train_loss_steps
+    train_acc_sum: float = 0.0
+    train_loss_steps: int = 0
+    steps_since_log: int = 0  # steps whose losses are still in loss_sum and acc_sum
+    rng: dict = None  # RNG streams and data position after the last step (capture_rng)
+    loss_sum: torch.Tensor = None  # training loss and accuracy summed since the last progress line, on the
+    acc_sum: torch.Tensor = None  # device: read only at progress lines, so steps need no host-device sync
+
+    def counters(self):
+        return {k: v for k, v in vars(self).items() if k not in ("rng", "loss_sum", "acc_sum")}
+
+    def train_means(self):
+        """Mean training loss and accuracy since the last row (nan if no progress line has counted a step)."""
+        if not self.train_loss_steps:
+            return float("nan"), float("nan")
+        return self.train_loss_sum / self.train_loss_steps, self.train_acc_sum / self.train_loss_steps
+
+    def start_row(self):
+        self.train_loss_sum, self.train_loss_steps, self.train_acc_sum = 0.0, 0, 0.0
+
+
+def open_run(run):
+    """Rank 0 takes the run folder's lock and decides: fresh, resume or finished before; every process follows
+    (or raises its error). Then config.json and metrics.csv. Returns the RunState, or None if finished before."""
+    config, runtime = run.config, run.runtime
+    decision = None  # 'finished', 'resume', 'fresh', or an error
+    if runtime.master:
+        try:  # decided only once this process owns the folder (train() releases it)
+            results.lock_run_folder(run.folder, config["lock_wait_s"])
+            decision = prepare_run_folder(run.folder, config)
         except results.RunFolderBusy as e:
             decision = f"busy: {e}"
         except UserError as e:
             decision = f"error: {e}"
-    if ddp:  # every process follows rank 0's decision (and its error, instead of waiting for it forever)
-        shared = [decision]
-        dist.broadcast_object_list(shared, src=0, group=cpu_group)
-        decision = shared[0]
+    decision = runtime.broadcast(decision)  # rank 0's error too: other processes must not wait for it forever
     if decision.startswith("busy: "):
         raise results.RunFolderBusy(decision[len("busy: "):])
     if decision.startswith("error: "):
         raise UserError(decision[len("error: "):])
     if decision == "finished":
-        return "finished_before"
-    ckpt = load_checkpoint(folder) if decision == "resume" else None
-    if decision == "resume" and ckpt is None:
-        raise UserError(f"the checkpoint in {folder} disappeared while starting; run the command again")
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        resume_scaler(scaler, ckpt, dtype_name, folder, master)
-        state.update(ckpt["state"])
-        if rank < len(ckpt["rng"]):
-            restore_rng(ckpt["rng"][rank], batches)
-        else:  # more processes than the checkpoint's: rank 0's data stream (shared by all), fresh dropout streams
-            batches.load_state(ckpt["rng"][0]["data"])
-            torch.manual_seed(config["seed"] + rank + 1_000_003 * state["step"])
-        pending = ckpt.get("pending")  # absent from older checkpoints: their "state" holds rank 0's sums
-        if pending:  # this process's sums; their mean on every process if the number of processes changed
-            state.update(pending[rank] if len(pending) == world_size else
-                         {k: sum(p[k] for p in pending) / len(pending) for k in pending[0]})
-        if master:
-            print(f"resuming {folder} from step {state['step']}")
-    if master:
-        results.write_json(os.path.join(folder, "config.json"), {**config, "derived": derived})
-        metrics_file = results.open_metrics(os.path.join(folder, "metrics.csv"), columns,
-                                            keep_through_step=state["last_row_step"] if ckpt else None)
-    wandb_run = start_wandb(config, derived, folder) if master and config["wandb_log"] else None
-
-    # ---- wrap for speed and for DDP (the raw model is what gets saved and evaluated)
-    raw_model = model
-    if use_compile:
-        model = torch.compile(model)
-    if ddp:
-        from torch.nn.parallel import DistributedDataParallel
-        # broadcast_buffers=False: the models' only buffers are constant tables (rotary, sinusoidal) built the same
-        # on every process; broadcasting them would add a collective to every forward
-        model = DistributedDataParallel(model, device_ids=[local_rank] if device_type == "cuda" else None,
-                                        broadcast_buffers=False)
-    if use_compile:  # compile before the clock starts: not in elapsed_s, nor in time_limit_s
-        seconds = warm_up_compiled(model, micro_batch, config["block_size"], device, autocast, ddp, rows)
-        if master:
-            print(f"compiled in {seconds:.1f} s (not counted as training time)", flush=True)
-    peak = device_peak_flops(config, device_type, dtype_name, device) if master else None
-    peak_probes_left = 3
-
-    def checked_peak(flops_per_s):
-        """The peak for a log line's MFU. On CPU the start-up probe may have run while another process loaded the
-        machine: it then reads low, and a throughput above it (MFU over 100%) proves that. Then probe again and
-        keep the larger (at most 3 times a run), leaving the probe's time out of the training time."""
-        nonlocal peak, peak_probes_left, t_last
-        if peak and device_type == "cpu" and not config["peak_flops"] and flops_per_s > peak and peak_probes_left:
-            t0 = time.perf_counter()
-            peak = max(peak, measure_cpu_peak(dtype_name))
-            peak_probes_left -= 1
-            t_last += time.perf_counter() - t0
-        return peak
-
-    vote = make_vote(ddp, cpu_group)
-
-    def to_device(t):
-        return batch_to_device(t, device)
-
-    def clock():
-        """perf_counter at the end of the step just taken. On CUDA the host runs ahead of the GPU; at the steps
-        whose times are read (log lines, evaluations, checkpoints, the end) it first waits for the queued work, so
-        that elapsed_s and tokens/s include it. In between no sync is needed: the step times add up."""
-        step = state["step"]
-        if step % config["log_interval"] == 0 or step % config["eval_interval"] == 0 or step == total_steps or \
-                (config["ckpt_interval"] and step % config["ckpt_interval"] == 0) or \
-                (branch is not None and step == branch["budget"]):
-            device_sync(device)
-        return time.perf_counter()
-
-    @torch.no_grad()
-    def evaluate():
-        """Mean loss (and accuracy on task rows) over the fixed validation batches, shared out between
-        processes and summed, so it does not depend on the number of processes."""
-        raw_model.eval()
-        sums = torch.zeros(3, dtype=torch.float64)  # loss x targets, correct, targets
-        for i, (x, y) in enumerate(val_batches):
-            if i % world_size != rank:
-                continue
-            x, y = x.to(device), y.to(device)
-            with autocast:
-                logits, loss = raw_model(x, y, return_logits=rows)  # logits for task accuracy only
-            n = (y != -1).sum()
-            sums[0] += float(loss) * float(n)
-            sums[2] += float(n)
-            if rows:
-                sums[1] += float(((logits.argmax(-1) == y) & (y != -1)).sum())
-        if ddp:
-            dist.all_reduce(sums, group=cpu_group)
-        raw_model.train()
-        return sums[0].item() / sums[2].item(), (sums[1].item() / sums[2].item() if rows else None)
-
-    def checkpoint(rng_state):
-        # every process's RNG states, and its loss sums since the last progress line (they live on its device
-        # and differ between processes until the next all-reduce)
-        mine = (rng_state, {"pending_loss": loss_acc.item(), "pending_acc": acc_acc.item()})
-        per_process = [mine]
-        if ddp:
-            per_process = [None] * world_size
-            dist.all_gather_object(per_process, mine, group=cpu_group)
-        if master:
-            save_checkpoint(folder, {"model": raw_model.state_dict(), "optimizer": optimizer.state_dict(),
-                                     "scaler": scaler.state_dict(), "dtype": dtype_name,
-                                     "state": {**state, "steps_since_log": steps_since_log},
-                                     "rng": [r for r, _ in per_process], "pending": [p for _, p in per_process],
-                                     "config": config})
-
-    def write_row(val_loss, val_acc, lr):
-        train_loss = state["train_loss_sum"] / state["train_loss_steps"] if state["train_loss_steps"] else \
-            float("nan")
-        row = {"step": state["step"], "tokens": state["tokens"], "flops": float(state["tokens"] * flops_per_token),
-               "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "elapsed_s": round(state["elapsed_s"], 3)}
-        if rows:
-            row["train_acc"] = state["train_acc_sum"] / state["train_loss_steps"] if state["train_loss_steps"] \
-                else float("nan")
-            row["val_acc"] = val_acc
-        state["train_loss_sum"], state["train_loss_steps"], state["train_acc_sum"] = 0.0, 0, 0.0
-        state["last_row_step"] = state["step"]
-        if master:
-            results.append_metrics(metrics_file, columns, row)
-            if wandb_run is not None:
-                wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
-        return row
-
-    def evaluation_row(lr):
-        """Evaluate, write the row, update early-stopping state; returns a status if the run should end."""
-        val_loss, val_acc = evaluate()
-        write_row(val_loss, val_acc, lr)
-        if not math.isfinite(val_loss):
-            return "diverged"
-        if val_acc is not None and val_acc >= 0.99 and state["step_val_acc_99"] is None:
-            state["step_val_acc_99"] = state["step"]
-        best = state["best_val_loss"]
-        if best is None or val_loss < best - config["early_stopping_min_delta"]:
-            state["evals_since_best"] = 0
-        else:
-            state["evals_since_best"] += 1
-        state["best_val_loss"] = val_loss if best is None else min(best, val_loss)
-        if master:
-            acc = f" | val acc {val_acc:.4f}" if val_acc is not None else ""
-            print(f"step {state['step']}: val loss {val_loss:.4f}{acc}", flush=True)
-        if config["early_stopping_patience"] and state["evals_since_best"] >= config["early_stopping_patience"]:
-            return "early_stopped"
-        if config["target_val_acc"] and val_acc is not None and val_acc >= config["target_val_acc"]:
-            return "early_stopped"
         return None
-
-    # ---- cooldown branches (wsd): for each budget S, from the branch point wsd_decay_start(S) the run also trains
-    # the decay of a standalone S-step run, evaluates as that run's last row would, writes the point to anneal.csv
-    # and returns to the branch point. A budget with a row is done; a killed branch is redone from the checkpoint
-    # written at its branch point.
-    anneal_path = os.path.join(folder, "anneal.csv")
-    anneal_columns = results.ANNEAL_COLUMNS + ["train_loss", "branch_from", "branch_s"] + (["val_acc"] if rows else [])
-    anneal_rows = []
-    if master and ckpt is None and os.path.exists(anneal_path):
-        os.remove(anneal_path)  # a fresh start: an earlier run's points are not this run's
-    if master and ckpt is not None:
-        anneal_rows = [r for r in results.read_metrics(anneal_path)[0] if r["step"] in (config["cooldowns"] or [])]
-    if ddp:
-        shared = [anneal_rows]
-        dist.broadcast_object_list(shared, src=0, group=cpu_group)
-        anneal_rows = shared[0]
-    done = {r["step"] for r in anneal_rows}
-    branch_points = sorted((wsd_decay_start(s, config), s) for s in config["cooldowns"] or [] if s not in done)
-    missed = [s for b, s in branch_points if b < state["step"]]
-    if missed and master:
-        print(f"warning: cooldowns {missed} have no row in {anneal_path} and their branch points have passed; "
-              f"--overwrite=True runs them", file=sys.stderr)
-    branch_points = [(b, s) for b, s in branch_points if b >= state["step"]]
-
-    def start_cooldown(budget, lr):
-        """Checkpoint the main run at the branch point, keep its state in memory, and train on towards budget."""
-        t0 = time.perf_counter()
-        checkpoint(boundary_rng)  # a kill inside the branch resumes here and redoes the branch
-        branch = {"budget": budget, "t0": t0, "lr": lr, "steps_since_log": steps_since_log,
-                  "model": copy.deepcopy(raw_model.state_dict()), "optimizer": copy.deepcopy(optimizer.state_dict()),
-                  "scaler": copy.deepcopy(scaler.state_dict()), "state": copy.deepcopy(state),
-                  "rng": copy.deepcopy(boundary_rng), "loss_acc": loss_acc.clone(), "acc_acc": acc_acc.clone()}
-        loss_acc.zero_()
-        acc_acc.zero_()
-        state["train_loss_sum"], state["train_loss_steps"], state["train_acc_sum"] = 0.0, 0, 0.0
-        if master:
-            print(f"cooldown {budget}: branching at step {state['step']}", flush=True)
-        return branch
-
-    def leave_cooldown(branch):
-        """Back to the branch point: model, optimizer, scaler, RNG streams, data position, counters and sums.
-        Returns (steps_since_log, lr) of the main run."""
-        raw_model.load_state_dict(branch["model"])
-        optimizer.load_state_dict(branch["optimizer"])
-        scaler.load_state_dict(branch["scaler"])
-        state.clear()
-        state.update(branch["state"])
-        restore_rng(branch["rng"], batches)
-        loss_acc.copy_(branch["loss_acc"])
-        acc_acc.copy_(branch["acc_acc"])
-        return branch["steps_since_log"], branch["lr"]
-
-    def finish_cooldown(branch, val_loss, val_acc):
-        """The annealed point (the final row a standalone run of the branch's budget writes), then back."""
-        train_loss = state["train_loss_sum"] / state["train_loss_steps"] if state["train_loss_steps"] else \
-            float("nan")
-        row = {"step": state["step"], "tokens": state["tokens"], "flops": float(state["tokens"] * flops_per_token),
-               "val_loss": val_loss, "train_loss": train_loss, "branch_from": branch["state"]["step"],
-               "branch_s": round(time.perf_counter() - branch["t0"], 3)}
-        if rows:
-            row["val_acc"] = val_acc
-        if master:
-            anneal_rows.append(row)
-            results.write_anneal(anneal_path, anneal_rows, anneal_columns)
-            print(f"cooldown {branch['budget']}: val loss {val_loss:.4f} ({row['branch_s']:.1f}s, not counted in "
-                  f"elapsed_s)", flush=True)
-        return leave_cooldown(branch)
-
-    # ---- the loop
-    if master:
-        size = f"{n_params / 1e6:.3g}M params ({n_params_ne / 1e6:.3g}M non-embedding)"
-        print(f"{config['run_name']}: {config['arch']} {size}, {flops_per_token / 1e6:.2f} MFLOPs/token, "
-              f"{tokens_per_step} tokens/step, {total_steps or '?'} steps (budget: "
-              f"{describe_budget(config, budgets)}); {device} {dtype_name}"
-              f"{' compiled' if use_compile else ''}, {world_size} process(es), {torch.get_num_threads()} "
-              f"threads; results in {folder}", flush=True)
-        if branch_points:
-            print("cooldowns (budget from branch point): " + ", ".join(f"{s} from {b}" for b, s in branch_points) +
-                  f" -> {anneal_path}", flush=True)
-    status = None
-    # training loss summed on the device, read only at log steps (no host-device syncs in between)
-    loss_acc = torch.tensor(state.pop("pending_loss", 0.0), device=device)
-    acc_acc = torch.tensor(state.pop("pending_acc", 0.0), device=device)
-    steps_since_log = state.pop("steps_since_log", 0)
-    t_log, tokens_log = time.perf_counter(), state["tokens"]
-    t_last = time.perf_counter()
-    boundary_rng = capture_rng(batches)
-    lr = lr_at(state["step"], config, schedule_steps) if schedule_steps else config["learning_rate"]
-    branch = None  # the cooldown branch in progress (start_cooldown), or None on the main run
-    while status is None:
-        # budget checks happen between optimizer steps (the time limit counts the main run's training only)
-        if total_steps is not None and state["step"] >= total_steps:
-            status = "completed"
-            break
-        interrupted, out_of_time = vote(stop.received is not None, config["time_limit_s"] and branch is None and
-                                        state["elapsed_s"] >= config["time_limit_s"])
-        if out_of_time:
-            status = "time_limit"
-            break
-        if interrupted:
-            status = "interrupted"
-            break
-        if branch is None and branch_points and branch_points[0][0] == state["step"]:
-            branch = start_cooldown(branch_points.pop(0)[1], lr)
-            steps_since_log = 0
-        length = branch["budget"] if branch else schedule_steps  # a branch follows its standalone run's schedule
-        lr = lr_at(state["step"], config, length) if length else config["learning_rate"]
-        for group in optimizer.param_groups:
-            group["lr"] = lr * group["lr_mult"]
-        x_all, y_all = batches.next(micro_batch * accum * world_size)
-        mine = slice(rank * micro_batch * accum, (rank + 1) * micro_batch * accum)
-        x_all, y_all = x_all[mine], y_all[mine]
-        step_loss, step_acc = 0.0, 0.0  # join the running sums only when the step completes
-        for micro in range(accum):
-            if micro and vote(stop.received is not None)[0]:
-                break  # the partial step is dropped; the checkpoint holds the state before it
-            b = slice(micro * micro_batch, (micro + 1) * micro_batch)
-            x, y = to_device(x_all[b]), to_device(y_all[b])
-            sync = ddp and micro < accum - 1
-            with (model.no_sync() if sync else nullcontext()):
-                with autocast:
-                    logits, loss = model(x, y, return_logits=rows)  # logits for task accuracy only
-                step_loss = step_loss + loss.detach()
-                if rows:
-                    step_acc = step_acc + ((logits.detach().argmax(-1) == y) & (y != -1)).sum() / (y != -1).sum()
-                scaler.scale(loss / accum).backward()
-        else:
-            if config["grad_clip"]:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(raw_model.parameters(), config["grad_clip"], foreach=True)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            loss_acc += step_loss
-            acc_acc += step_acc
-            state["step"] += 1
-            state["tokens"] += tokens_per_step
-            steps_since_log += 1
-            now = clock()
-            state["elapsed_s"] += now - t_last
-            t_last = now
-            boundary_rng = capture_rng(batches)
-            is_eval = state["step"] % config["eval_interval"] == 0 or state["step"] == total_steps
-            if branch is not None:  # a branch evaluates once, at its end, as its standalone run's last row
-                is_eval = state["step"] == branch["budget"]
-            if state["step"] % config["log_interval"] == 0 or is_eval:
-                # the only host-device sync of the hot loop: once per log interval
-                sums = torch.stack([loss_acc, acc_acc]).double().cpu() / accum
-                if ddp:
-                    dist.all_reduce(sums, group=cpu_group)
-                    sums /= world_size
-                loss_acc.zero_()
-                acc_acc.zero_()
-                state["train_loss_sum"] += sums[0].item()
-                state["train_acc_sum"] += sums[1].item()
-                state["train_loss_steps"] += steps_since_log
-                mean_loss = sums[0].item() / steps_since_log
-                steps_since_log = 0
-                if not math.isfinite(mean_loss) and branch is not None:
-                    branch["diverged"] = True  # its standalone run would end here, diverged: a nan point
-                elif not math.isfinite(mean_loss):
-                    write_row(float("nan"), float("nan") if rows else None, lr)
-                    status = "diverged"
-                    break
-                if master and state["step"] % config["log_interval"] == 0:
-                    dt = time.perf_counter() - t_log
-                    tok_s = (state["tokens"] - tokens_log) / dt
-                    checked_peak(tok_s * flops_per_token / world_size)
-                    mfu = f" | MFU {100 * tok_s * flops_per_token / (peak * world_size):.1f}%" if peak else ""
-                    seconds_per_step = dt * tokens_per_step / (state["tokens"] - tokens_log)
-                    end, where = (branch["budget"], f"cooldown {branch['budget']}: ") if branch else (total_steps, "")
-                    eta = f" | ETA {format_duration((end - state['step']) * seconds_per_step)}" if end else ""
-                    print(f"{where}step {state['step']}/{end or '?'} | loss {mean_loss:.4f} | lr {lr:.2e} | "
-                          f"{tok_s / 1e3:.1f}k tok/s{mfu}{eta}", flush=True)
-                t_log, tokens_log = time.perf_counter(), state["tokens"]
-            if branch is not None and (is_eval or branch.get("diverged")):
-                nan = (float("nan"), float("nan") if rows else None)
-                steps_since_log, lr = finish_cooldown(branch, *(nan if branch.get("diverged") else evaluate()))
-                branch, boundary_rng = None, capture_rng(batches)
-                t_last = t_log = time.perf_counter()  # the branch's time is not the main run's elapsed_s
-                tokens_log = state["tokens"]
-                continue
-            ckpt_due = status is None and branch is None and \
-                (state["step"] % config["ckpt_interval"] == 0 if config["ckpt_interval"] else is_eval)
-            if is_eval:
-                status = evaluation_row(lr)
-            if ckpt_due and status is None:
-                checkpoint(boundary_rng)
-            if is_eval or ckpt_due:  # evaluation and checkpoints are not training time
-                t_last = t_log = time.perf_counter()
-            continue
-        # reached only when the micro-step loop broke: a signal arrived in the middle of a step
-        status = "interrupted"
-
-    # ---- the end: a last row, final.json, and the exit status
-    if branch is not None:  # stopped inside a cooldown branch: back to its branch point (the branch is redone)
-        steps_since_log, lr = leave_cooldown(branch)
-        branch, boundary_rng = None, capture_rng(batches)
-    if status in ("completed", "time_limit") and state["last_row_step"] != state["step"]:
-        end_status = evaluation_row(lr)
-        status = "diverged" if end_status == "diverged" else status
-    if status == "interrupted" or (config["keep_ckpt"] and status != "diverged"):
-        checkpoint(boundary_rng)  # collective under DDP: every process gets here with the same status
-    if master:
-        metrics_file.close()
-        final = {"status": status, "steps": state["step"], "tokens": state["tokens"],
-                 "flops": float(state["tokens"] * flops_per_token), "elapsed_s": round(state["elapsed_s"], 3),
-                 "final_val_loss": None, "best_val_loss": results.finite_or_none(state["best_val_loss"]),
-                 "step_val_acc_99": state["step_val_acc_99"],
-                 "budget": "time_limit_s" if status == "time_limit" else binding_budget(budgets)}
-        if config["cooldowns"]:  # the branches' wall-clock time, outside elapsed_s
-            final["cooldown_s"] = round(sum(r.get("branch_s", 0.0) for r in anneal_rows), 3)
-        last = results.read_metrics(os.path.join(folder, "metrics.csv"))[0]
-        if last:
-            final["final_val_loss"] = results.finite_or_none(last[-1]["val_loss"])
-        results.write_json(os.path.join(folder, "final.json"), final)
-        if status in results.FINISHED and not config["keep_ckpt"]:
-            for name in ("ckpt.pt", "ckpt.prev.pt"):
-                if os.path.exists(os.path.join(folder, name)):
-                    os.remove(os.path.join(folder, name))
-        if wandb_run is not None:
-            wandb_run.summary.update(final)
-            wandb_run.finish()
-        key = final["budget"]
-        ended = f"ended by {key}={config[key]:g}" if status in ("completed", "time_limit") and key else \
-            f"budget: {describe_budget(config, budgets)}"
-        if not last:
-            loss = "no evaluation yet"
-        elif last[-1]["step"] == state["step"]:
-            loss = f"final val loss {last[-1]['val_loss']:.4f}"
-        else:  # interrupted (or stopped) between evaluations: say whose loss this is
-            loss = f"val loss {last[-1]['val_loss']:.4f} at step {last[-1]['step']} (the last evaluation)"
-        print(f"{status}: {state['step']} steps ({ended}), {state['tokens']:,} tokens, {loss}; results in "
-              f"{folder}", flush=True)
-    if ddp:
-        dist.barrier()
-        dist.destroy_process_group()
-    return status
+    state, sums = RunState(), {"loss_sum": 0.0, "acc_sum": 0.0}
+    if decision == "resume":
+        ckpt = load_checkpoint(run.folder)
+        if ckpt is None:
+            raise UserError(f"the checkpoint in {run.folder} disappeared while starting; run the command again")
+        state, sums = resume_run(run, ckpt)
+        run.resumed = True
+    state.loss_sum, state.acc_sum = (torch.tensor(sums[k], device=runtime.device) for k in ("loss_sum", "acc_sum"))
+    if runtime.master:
+        results.write_json(os.path.join(run.folder, "config.json"), {**config, "derived": run.derived})
+        run.metrics_file = results.open_metrics(os.path.join(run.folder, "metrics.csv"), run.columns,
+                                                keep_through_step=state.last_row_step if run.resumed else None)
+        if config["wandb_log"]:
+            run.wandb_run = start_wandb(config, run.derived, run.folder)
+    return state
 
 
 def prepare_run_folder(folder, config):
@@ -1498,11 +1236,446 @@ def prepare_run_folder(folder, config):
     return "resume" if ckpt is not None else "fresh"
 
 
+def resume_run(run, ckpt):
+    """The checkpoint's RunState and this process's loss sums; the model, optimizer, scaler and this process's
+    RNG streams and data position are put back."""
+    runtime = run.runtime
+    run.raw_model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    resume_scaler(run.scaler, ckpt, runtime.dtype_name, run.folder, runtime.master)
+    state, saved = RunState(**ckpt["state"]), ckpt["processes"]
+    if runtime.rank < len(saved):
+        restore_rng(saved[runtime.rank]["rng"], run.batches)
+    else:  # more processes than the checkpoint's: rank 0's data stream (shared by all), fresh dropout streams
+        run.batches.load_state(saved[0]["rng"]["data"])
+        torch.manual_seed(run.config["seed"] + runtime.rank + 1_000_003 * state.step)
+    # this process's loss sums, or their mean on every process if the number of processes changed
+    sums = saved[runtime.rank] if len(saved) == runtime.world_size else \
+        {k: sum(p[k] for p in saved) / len(saved) for k in ("loss_sum", "acc_sum")}
+    if runtime.master:
+        print(f"resuming {run.folder} from step {state.step}")
+    return state, sums
+
+
 def start_wandb(config, derived, folder):
     import wandb
     return wandb.init(project=config["wandb_project"], name=f"{config['study']}/{config['run_name']}",
                       config={**config, "derived": derived}, dir=folder, resume="allow",
                       id=f"{config['study']}-{config['run_name']}"[:128])
+
+
+def wrap_model(run):
+    """run.model: the raw model compiled (and compiled now, so that compiling is neither in elapsed_s nor in
+    time_limit_s) and wrapped for DDP. Then rank 0's device peak for MFU."""
+    runtime = run.runtime
+    model = torch.compile(run.raw_model) if runtime.compile else run.raw_model
+    if runtime.ddp:
+        # broadcast_buffers=False: the models' only buffers are constant tables (rotary, sinusoidal) built the same
+        # on every process; broadcasting them would add a collective to every forward
+        model = DistributedDataParallel(model, device_ids=[runtime.local_rank] if runtime.device_type == "cuda"
+                                        else None, broadcast_buffers=False)
+    if runtime.compile:
+        seconds = warm_up_compiled(model, run.micro_batch, run.config["block_size"], runtime.device,
+                                   runtime.autocast, runtime.ddp, run.rows)
+        if runtime.master:
+            print(f"compiled in {seconds:.1f} s (not counted as training time)", flush=True)
+    run.model = model
+    if runtime.master:
+        run.peak = device_peak_flops(run.config, runtime.device_type, runtime.dtype_name, runtime.device)
+
+
+def plan_cooldowns(run, state):
+    """wsd cooldowns: for each budget S, from the branch point wsd_decay_start(S) the run also trains the decay of
+    a standalone S-step run, evaluates as that run's last row would, writes the point to anneal.csv and returns
+    to the branch point. A budget with a row is done; a killed branch is redone from the checkpoint written at
+    its branch point. Sets run.anneal_rows and run.branch_points."""
+    config, runtime = run.config, run.runtime
+    path, cooldowns, rows = os.path.join(run.folder, "anneal.csv"), config["cooldowns"] or [], []
+    if runtime.master and not run.resumed and os.path.exists(path):
+        os.remove(path)  # a fresh start: an earlier run's points are not this run's
+    if runtime.master and run.resumed:
+        rows = [r for r in results.read_metrics(path)[0] if r["step"] in cooldowns]
+    run.anneal_rows = runtime.broadcast(rows)
+    done = {r["step"] for r in run.anneal_rows}
+    points = sorted((wsd_decay_start(s, config), s) for s in cooldowns if s not in done)
+    missed = [s for b, s in points if b < state.step]
+    if missed and runtime.master:
+        print(f"warning: cooldowns {missed} have no row in {path} and their branch points have passed; "
+              f"--overwrite=True runs them", file=sys.stderr)
+    run.branch_points = [(b, s) for b, s in points if b >= state.step]
+
+
+def print_header(run):
+    """The first line: the model, its cost, the run's length and what sets it, the device."""
+    config, runtime, derived = run.config, run.runtime, run.derived
+    if not runtime.master:
+        return
+    size = f"{derived['n_params'] / 1e6:.3g}M params ({derived['n_params_non_embedding'] / 1e6:.3g}M non-embedding)"
+    print(f"{config['run_name']}: {config['arch']} {size}, {run.flops_per_token / 1e6:.2f} MFLOPs/token, "
+          f"{run.tokens_per_step} tokens/step, {run.total_steps or '?'} steps (budget: "
+          f"{describe_budget(config, run.budgets)}); {runtime.device} {runtime.dtype_name}"
+          f"{' compiled' if runtime.compile else ''}, {runtime.world_size} process(es), {torch.get_num_threads()} "
+          f"threads; results in {run.folder}", flush=True)
+    if run.branch_points:
+        print("cooldowns (budget from branch point): " + ", ".join(f"{s} from {b}" for b, s in run.branch_points) +
+              f" -> {os.path.join(run.folder, 'anneal.csv')}", flush=True)
+
+
+# ------------------------------------------------------------------------------------------- the training loop
+def train_loop(run, state):
+    """Optimizer steps until the run ends; returns why: completed, time_limit, interrupted, diverged or
+    early_stopped. Budgets and signals are checked between steps; a progress line, an evaluation and a checkpoint
+    follow the steps they are due at. A cooldown branch trains from its branch point to its budget and back."""
+    config = run.config
+    state.rng = capture_rng(run.batches)
+    run.clock.restart(state.tokens)
+    lr, branch = learning_rate(run, state.step, None), None  # branch: the cooldown branch in progress
+    while True:
+        status = stop_status(run, state, branch)
+        if status in ("completed", "time_limit") and state.last_row_step != state.step:
+            status = "diverged" if record_evaluation(run, state, lr) == "diverged" else status  # the last row
+        if status:
+            break
+        if branch is None and run.branch_points and run.branch_points[0][0] == state.step:
+            branch = start_cooldown(run, state, run.branch_points.pop(0)[1], lr)
+        lr = learning_rate(run, state.step, branch)
+        if not train_step(run, state, lr, branch):
+            status = "interrupted"  # a signal in the middle of the step
+            break
+        is_eval = evaluation_due(run, state, branch)
+        if state.step % config["log_interval"] == 0 or is_eval:
+            status = log_progress(run, state, lr, branch)
+            if status:
+                break
+        if branch is not None:
+            if is_eval or branch.diverged:  # the branch's end: its point in anneal.csv, then back to the main run
+                lr, branch = finish_cooldown(run, state, branch), None
+            continue
+        checkpoint_due = state.step % config["ckpt_interval"] == 0 if config["ckpt_interval"] else is_eval
+        if is_eval:
+            status = record_evaluation(run, state, lr)
+            if status:
+                break
+        if checkpoint_due:
+            save_run_checkpoint(run, state)
+        if is_eval or checkpoint_due:
+            run.clock.restart(state.tokens)  # evaluations and checkpoints are not training time
+    if branch is not None:  # stopped inside a cooldown branch: back to its branch point (the branch is redone)
+        leave_cooldown(run, state, branch)
+    return status
+
+
+def stop_status(run, state, branch):
+    """'completed' once the step budget is spent, 'time_limit' once the main run's training time is (cooldown
+    branches do not count), 'interrupted' after a signal, as every process agrees; None: go on."""
+    config = run.config
+    if run.total_steps is not None and state.step >= run.total_steps:
+        return "completed"
+    out_of_time = config["time_limit_s"] and branch is None and state.elapsed_s >= config["time_limit_s"]
+    interrupted, out_of_time = run.runtime.vote(run.stop.received is not None, out_of_time)
+    if out_of_time:
+        return "time_limit"
+    return "interrupted" if interrupted else None
+
+
+def learning_rate(run, step, branch):
+    """The base group's LR at step; a cooldown branch follows its standalone run's schedule."""
+    length = branch.budget if branch is not None else run.schedule_steps
+    return lr_at(step, run.config, length) if length else run.config["learning_rate"]
+
+
+def train_step(run, state, lr, branch):
+    """One optimizer step: this process's share of the global batch in accum micro-batches (DDP all-reduces the
+    gradients in the last backward), clipping, the step. Returns False if a signal arrived between micro-steps:
+    the partial step is dropped, and the checkpoint holds the state before it."""
+    config, runtime, model = run.config, run.runtime, run.model
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr * group["lr_mult"]
+    share = run.micro_batch * run.accum
+    x_all, y_all = run.batches.next(share * runtime.world_size)
+    mine = slice(runtime.rank * share, (runtime.rank + 1) * share)
+    x_all, y_all = x_all[mine], y_all[mine]
+    step_loss, step_acc = 0.0, 0.0  # join the running sums only when the step completes
+    for micro in range(run.accum):
+        if micro and runtime.vote(run.stop.received is not None)[0]:
+            return False
+        b = slice(micro * run.micro_batch, (micro + 1) * run.micro_batch)
+        x, y = batch_to_device(x_all[b], runtime.device), batch_to_device(y_all[b], runtime.device)
+        with (model.no_sync() if runtime.ddp and micro < run.accum - 1 else nullcontext()):
+            with runtime.autocast:
+                logits, loss = model(x, y, return_logits=run.rows)  # logits for task accuracy only
+            step_loss = step_loss + loss.detach()
+            if run.rows:
+                step_acc = step_acc + ((logits.detach().argmax(-1) == y) & (y != -1)).sum() / (y != -1).sum()
+            run.scaler.scale(loss / run.accum).backward()
+    if config["grad_clip"]:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.raw_model.parameters(), config["grad_clip"], foreach=True)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    state.loss_sum += step_loss
+    state.acc_sum += step_acc
+    state.step += 1
+    state.tokens += run.tokens_per_step
+    state.steps_since_log += 1
+    now = end_of_step(run, state, branch)
+    state.elapsed_s += now - run.clock.t_last
+    run.clock.t_last = now
+    state.rng = capture_rng(run.batches)
+    return True
+
+
+def end_of_step(run, state, branch):
+    """perf_counter at the end of the step just taken. On CUDA the host runs ahead of the GPU; at the steps whose
+    times are read (log lines, evaluations, checkpoints, the end) it first waits for the queued work, so that
+    elapsed_s and tokens/s include it. In between no sync is needed: the step times add up."""
+    config, step = run.config, state.step
+    if step % config["log_interval"] == 0 or step % config["eval_interval"] == 0 or step == run.total_steps or \
+            (config["ckpt_interval"] and step % config["ckpt_interval"] == 0) or \
+            (branch is not None and step == branch.budget):
+        device_sync(run.runtime.device)
+    return time.perf_counter()
+
+
+def evaluation_due(run, state, branch):
+    if branch is not None:  # a branch evaluates once, at its end, as its standalone run's last row
+        return state.step == branch.budget
+    return state.step % run.config["eval_interval"] == 0 or state.step == run.total_steps
+
+
+def log_progress(run, state, lr, branch):
+    """At log and evaluation steps: this process's loss sums join the next row's, averaged over the processes
+    (the only host-device sync of the hot loop), and at log steps rank 0 prints a progress line. A training loss
+    that is not finite ends the run ('diverged', after a row of nans), or a cooldown branch, whose standalone run
+    would end there (a nan point)."""
+    runtime = run.runtime
+    sums = runtime.sum(torch.stack([state.loss_sum, state.acc_sum]).double().cpu() / run.accum) / runtime.world_size
+    state.loss_sum.zero_()
+    state.acc_sum.zero_()
+    state.train_loss_sum += sums[0].item()
+    state.train_acc_sum += sums[1].item()
+    state.train_loss_steps += state.steps_since_log
+    mean_loss = sums[0].item() / state.steps_since_log
+    state.steps_since_log = 0
+    if not math.isfinite(mean_loss):
+        if branch is None:
+            write_row(run, state, float("nan"), float("nan"), lr)
+            return "diverged"
+        branch.diverged = True
+    if runtime.master and state.step % run.config["log_interval"] == 0:
+        print_progress(run, state, mean_loss, lr, branch)
+    run.clock.t_log, run.clock.tokens_log = time.perf_counter(), state.tokens
+    return None
+
+
+def print_progress(run, state, mean_loss, lr, branch):
+    clock, world_size = run.clock, run.runtime.world_size
+    dt = time.perf_counter() - clock.t_log
+    tok_s = (state.tokens - clock.tokens_log) / dt
+    peak = checked_peak(run, tok_s * run.flops_per_token / world_size)
+    mfu = f" | MFU {100 * tok_s * run.flops_per_token / (peak * world_size):.1f}%" if peak else ""
+    seconds_per_step = dt * run.tokens_per_step / (state.tokens - clock.tokens_log)
+    end, where = (branch.budget, f"cooldown {branch.budget}: ") if branch else (run.total_steps, "")
+    eta = f" | ETA {format_duration((end - state.step) * seconds_per_step)}" if end else ""
+    print(f"{where}step {state.step}/{end or '?'} | loss {mean_loss:.4f} | lr {lr:.2e} | {tok_s / 1e3:.1f}k tok/s"
+          f"{mfu}{eta}", flush=True)
+
+
+def checked_peak(run, flops_per_s):
+    """The peak for a progress line's MFU. On CPU the start-up probe may have run while another process loaded the
+    machine: it then reads low, and a throughput above it (MFU over 100%) proves that. Then probe again and keep
+    the larger (at most 3 times a run), leaving the probe's time out of the training time."""
+    if run.peak and run.runtime.device_type == "cpu" and not run.config["peak_flops"] and flops_per_s > run.peak \
+            and run.peak_probes_left:
+        t0 = time.perf_counter()
+        run.peak = max(run.peak, measure_cpu_peak(run.runtime.dtype_name))
+        run.peak_probes_left -= 1
+        run.clock.t_last += time.perf_counter() - t0
+    return run.peak
+
+
+@torch.no_grad()
+def evaluate(run):
+    """Mean loss (and accuracy on task rows) over the fixed validation batches, shared out between processes and
+    summed, so it does not depend on the number of processes."""
+    runtime, model = run.runtime, run.raw_model
+    model.eval()
+    sums = torch.zeros(3, dtype=torch.float64)  # loss x targets, correct, targets
+    for x, y in run.val_batches[runtime.rank::runtime.world_size]:
+        x, y = x.to(runtime.device), y.to(runtime.device)
+        with runtime.autocast:
+            logits, loss = model(x, y, return_logits=run.rows)  # logits for task accuracy only
+        n = (y != -1).sum()
+        sums[0] += float(loss) * float(n)
+        sums[2] += float(n)
+        if run.rows:
+            sums[1] += float(((logits.argmax(-1) == y) & (y != -1)).sum())
+    runtime.sum(sums)
+    model.train()
+    return sums[0].item() / sums[2].item(), (sums[1].item() / sums[2].item() if run.rows else None)
+
+
+def record_evaluation(run, state, lr):
+    """Evaluate, write the row, update the early-stopping counters; returns a status if the run should end."""
+    config = run.config
+    val_loss, val_acc = evaluate(run)
+    write_row(run, state, val_loss, val_acc, lr)
+    if not math.isfinite(val_loss):
+        return "diverged"
+    if val_acc is not None and val_acc >= 0.99 and state.step_val_acc_99 is None:
+        state.step_val_acc_99 = state.step
+    best = state.best_val_loss
+    if best is None or val_loss < best - config["early_stopping_min_delta"]:
+        state.evals_since_best = 0
+    else:
+        state.evals_since_best += 1
+    state.best_val_loss = val_loss if best is None else min(best, val_loss)
+    if run.runtime.master:
+        acc = f" | val acc {val_acc:.4f}" if val_acc is not None else ""
+        print(f"step {state.step}: val loss {val_loss:.4f}{acc}", flush=True)
+    if config["early_stopping_patience"] and state.evals_since_best >= config["early_stopping_patience"]:
+        return "early_stopped"
+    if config["target_val_acc"] and val_acc is not None and val_acc >= config["target_val_acc"]:
+        return "early_stopped"
+    return None
+
+
+def write_row(run, state, val_loss, val_acc, lr):
+    """A metrics.csv row at this step (train_loss: the mean since the last row)."""
+    train_loss, train_acc = state.train_means()
+    row = {"step": state.step, "tokens": state.tokens, "flops": float(state.tokens * run.flops_per_token),
+           "train_loss": train_loss, "val_loss": val_loss, "lr": lr, "elapsed_s": round(state.elapsed_s, 3)}
+    if run.rows:
+        row["train_acc"], row["val_acc"] = train_acc, val_acc
+    state.start_row()
+    state.last_row_step = state.step
+    if run.runtime.master:
+        results.append_metrics(run.metrics_file, run.columns, row)
+        if run.wandb_run is not None:
+            run.wandb_run.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
+
+
+# ------------------------------------------------------------------------------------------- cooldown branches
+@dataclass
+class Branch:
+    """A cooldown branch in progress, and the main run as it was at the branch point (put back at the end)."""
+    budget: int  # the standalone run it stands for: budget steps, that run's schedule, that run's last row
+    t0: float
+    lr: float  # the main run's
+    main: RunState
+    model: dict
+    optimizer: dict
+    scaler: dict
+    diverged: bool = False
+
+
+def start_cooldown(run, state, budget, lr):
+    """Checkpoint the main run at the branch point, keep a copy of it in memory, and train on towards budget."""
+    t0 = time.perf_counter()
+    save_run_checkpoint(run, state)  # a kill inside the branch resumes here and redoes the branch
+    branch = Branch(budget, t0, lr, copy.deepcopy(state), copy.deepcopy(run.raw_model.state_dict()),
+                    copy.deepcopy(run.optimizer.state_dict()), copy.deepcopy(run.scaler.state_dict()))
+    state.loss_sum.zero_()
+    state.acc_sum.zero_()
+    state.start_row()
+    state.steps_since_log = 0
+    if run.runtime.master:
+        print(f"cooldown {budget}: branching at step {state.step}", flush=True)
+    return branch
+
+
+def finish_cooldown(run, state, branch):
+    """The annealed point (the last row a standalone run of the branch's budget writes), then back to the branch
+    point. Returns the main run's LR."""
+    val_loss, val_acc = (float("nan"), float("nan")) if branch.diverged else evaluate(run)
+    row = {"step": state.step, "tokens": state.tokens, "flops": float(state.tokens * run.flops_per_token),
+           "val_loss": val_loss, "train_loss": state.train_means()[0], "branch_from": branch.main.step,
+           "branch_s": round(time.perf_counter() - branch.t0, 3)}
+    if run.rows:
+        row["val_acc"] = val_acc
+    if run.runtime.master:
+        run.anneal_rows.append(row)
+        results.write_anneal(os.path.join(run.folder, "anneal.csv"), run.anneal_rows, run.anneal_columns)
+        print(f"cooldown {branch.budget}: val loss {val_loss:.4f} ({row['branch_s']:.1f}s, not counted in "
+              f"elapsed_s)", flush=True)
+    lr = leave_cooldown(run, state, branch)
+    run.clock.restart(state.tokens)  # the branch's time is not the main run's elapsed_s
+    return lr
+
+
+def leave_cooldown(run, state, branch):
+    """Back to the branch point: model, optimizer, scaler, counters, loss sums, RNG streams and data position.
+    Returns the main run's LR."""
+    run.raw_model.load_state_dict(branch.model)
+    run.optimizer.load_state_dict(branch.optimizer)
+    run.scaler.load_state_dict(branch.scaler)
+    vars(state).update(vars(branch.main))
+    restore_rng(state.rng, run.batches)
+    return branch.lr
+
+
+# ------------------------------------------------------------------------------------------- checkpoint and end
+def save_run_checkpoint(run, state):
+    """ckpt.pt: model, optimizer, scaler, the counters, and every process's RNG streams and loss sums (they
+    differ between processes). A collective under DDP: every process calls it at the same step."""
+    runtime = run.runtime
+    processes = runtime.gather({"rng": state.rng, "loss_sum": state.loss_sum.item(), "acc_sum": state.acc_sum.item()})
+    if runtime.master:
+        save_checkpoint(run.folder, {"model": run.raw_model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                                     "scaler": run.scaler.state_dict(), "dtype": runtime.dtype_name,
+                                     "state": state.counters(), "processes": processes, "config": run.config})
+
+
+def finish_run(run, state, status):
+    """The last checkpoint (an interrupted run's always, so that the same command resumes; a finished run's
+    unless it diverged or keep_ckpt=False), final.json, and the last line: what ended the run."""
+    if status == "interrupted" or (run.config["keep_ckpt"] and status != "diverged"):
+        save_run_checkpoint(run, state)  # collective under DDP: every process gets here with the same status
+    if run.runtime.master:
+        run.metrics_file.close()
+        final, rows = write_final(run, state, status)
+        print(last_line(run, state, final, rows), flush=True)
+    if run.runtime.ddp:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def write_final(run, state, status):
+    """final.json (and the end of the wandb run); returns it and metrics.csv's rows."""
+    config = run.config
+    final = {"status": status, "steps": state.step, "tokens": state.tokens,
+             "flops": float(state.tokens * run.flops_per_token), "elapsed_s": round(state.elapsed_s, 3),
+             "final_val_loss": None, "best_val_loss": results.finite_or_none(state.best_val_loss),
+             "step_val_acc_99": state.step_val_acc_99,
+             "budget": "time_limit_s" if status == "time_limit" else binding_budget(run.budgets)}
+    if config["cooldowns"]:  # the branches' wall-clock time, outside elapsed_s
+        final["cooldown_s"] = round(sum(r.get("branch_s", 0.0) for r in run.anneal_rows), 3)
+    rows = results.read_metrics(os.path.join(run.folder, "metrics.csv"))[0]
+    if rows:
+        final["final_val_loss"] = results.finite_or_none(rows[-1]["val_loss"])
+    results.write_json(os.path.join(run.folder, "final.json"), final)
+    if status in results.FINISHED and not config["keep_ckpt"]:
+        for name in ("ckpt.pt", "ckpt.prev.pt"):
+            if os.path.exists(os.path.join(run.folder, name)):
+                os.remove(os.path.join(run.folder, name))
+    if run.wandb_run is not None:
+        run.wandb_run.summary.update(final)
+        run.wandb_run.finish()
+    return final, rows
+
+
+def last_line(run, state, final, rows):
+    config, status, key = run.config, final["status"], final["budget"]
+    ended = f"ended by {key}={config[key]:g}" if status in ("completed", "time_limit") and key else \
+        f"budget: {describe_budget(config, run.budgets)}"
+    if not rows:
+        loss = "no evaluation yet"
+    elif rows[-1]["step"] == state.step:
+        loss = f"final val loss {rows[-1]['val_loss']:.4f}"
+    else:  # interrupted (or stopped) between evaluations: say whose loss this is
+        loss = f"val loss {rows[-1]['val_loss']:.4f} at step {rows[-1]['step']} (the last evaluation)"
+    return f"{status}: {state.step} steps ({ended}), {state.tokens:,} tokens, {loss}; results in {run.folder}"
 
 
 def main(argv):
@@ -1533,9 +1706,8 @@ def main(argv):
 if __name__ == "__main__":
     exit_code = main(sys.argv[1:])
     if under_torchrun():
-        # leave without the interpreter's teardown: DDP keeps the gloo process group and its threads alive past
-        # destroy_process_group, and destroying them at exit aborted 2 of 81 finished runs ("terminate called
-        # without an active exception"), which torchrun reports as failed runs
+        # leave without the interpreter's teardown: destroying gloo's process group and its threads at exit can
+        # abort a finished run ("terminate called without an active exception"), which torchrun reports as failed
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(exit_code)

@@ -29,6 +29,12 @@ def stdlib_data(tmp_path_factory):
     return data_dir
 
 
+@pytest.fixture(scope="session")
+def data_dir(stdlib_data):
+    """stdlib_data by the name the sweep tests (test_sweep.py, test_slurm.py) give it."""
+    return stdlib_data
+
+
 def run_script(script, args, cwd, timeout=300, env=None, **kwargs):
     """Run one of the toolkit's scripts in a subprocess (as a user would) and return CompletedProcess."""
     full_env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **(env or {})}

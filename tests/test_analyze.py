@@ -11,10 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import analyze  # noqa: E402
-import results  # noqa: E402
+import analyze
+import results
+from conftest import ROOT
 
 FLOPS_PER_TOKEN = 6.0e5
 TOKENS_PER_STEP = 4096

@@ -17,11 +17,10 @@ import numpy as np
 import pytest
 from scipy.optimize import brentq, check_grad, minimize_scalar
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import fit_scaling as fs  # noqa: E402
-import results  # noqa: E402
-from configurator import UserError  # noqa: E402
+import fit_scaling as fs
+import results
+from configurator import UserError
+from conftest import ROOT
 
 SCRIPT = os.path.join(ROOT, "fit_scaling.py")
 # Epoch AI's extraction of the Chinchilla points (Besiroglu et al. 2024): provenance in tests/data/README.md

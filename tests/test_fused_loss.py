@@ -5,19 +5,15 @@ for both architectures, tied and untied, with a head bias, muP's readout multipl
 vocabulary and masked targets; the edge cases of F.cross_entropy; no op ever holds the full logits; and 200 steps
 of training follow the plain path's loss curve to 1e-4.
 """
-import os
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import lstm  # noqa: E402
-import model  # noqa: E402
-import train  # noqa: E402
+import lstm
+import model
+import train
 
 torch.set_num_threads(1)
 V, B, T = 300, 2, 23  # 46 rows: blocks of 7 rows (the last 4) in passes of 3 (the last 1), with small_chunks

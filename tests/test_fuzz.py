@@ -5,20 +5,17 @@ fit_scaling.py and sweep.py raise nothing but UserError. All in-process calls, a
 import math
 import os
 import string
-import sys
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import analyze  # noqa: E402
-import fit_scaling  # noqa: E402
-import results  # noqa: E402
-import sweep  # noqa: E402
-import train  # noqa: E402
-from configurator import UserError  # noqa: E402
+import analyze
+import fit_scaling
+import results
+import sweep
+import train
+from configurator import UserError
 
 # FUZZ_EXAMPLES=2000 python -m pytest tests/test_fuzz.py: a longer hunt, with new examples (see conftest.py)
 FUZZ = settings(deadline=None, max_examples=int(os.environ.get("FUZZ_EXAMPLES", 150)),

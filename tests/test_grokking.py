@@ -6,7 +6,6 @@ with betas (0.9, 0.98), the layer-wise presets give each group its absolute LR, 
 the fixed validation subset are what they say and deterministic, and a tiny template run works end to end.
 """
 import os
-import sys
 
 import numpy as np
 import pytest
@@ -14,12 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import prepare  # noqa: E402
-import results  # noqa: E402
-import train  # noqa: E402
-from configurator import UserError  # noqa: E402
+import prepare
+import results
+import train
+from configurator import UserError
+from conftest import ROOT
 
 torch.set_num_threads(1)
 TEMPLATE = os.path.join(ROOT, "configs", "grokking", "template.py")

@@ -6,9 +6,7 @@ counts (Transformer grid of switch combinations; the 2-layer LSTM).
 """
 import itertools
 import math
-import os
 import random
-import sys
 
 import pytest
 import torch
@@ -17,13 +15,11 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import lstm  # noqa: E402
-import model  # noqa: E402
-import train  # noqa: E402
-from configurator import UserError  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+import lstm
+import model
+import train
+from configurator import UserError
+from model import GPT, GPTConfig
 
 torch.set_num_threads(1)
 V, T, L, D, H = 37, 8, 2, 16, 2  # the tiny model of most tests

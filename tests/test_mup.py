@@ -7,19 +7,15 @@ flat in width under muP and grow under SP.
 """
 import json
 import math
-import os
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import coord_check  # noqa: E402
-import model  # noqa: E402
-import train  # noqa: E402
+import coord_check
+import model
+import train
 
 torch.set_num_threads(1)
 VOCAB = 61

@@ -5,16 +5,12 @@ vs AdamW match hand-written updates for two steps, weight decay spares biases, n
 per-group lr_mult (muP x layer-wise) is what the training loop multiplies in.
 """
 import math
-import os
-import sys
 
 import pytest
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import train  # noqa: E402
-from model import GPT, GPTConfig  # noqa: E402
+import train
+from model import GPT, GPTConfig
 
 torch.set_num_threads(1)
 

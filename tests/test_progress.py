@@ -19,10 +19,9 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize_scalar
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import progress  # noqa: E402
-from configurator import UserError  # noqa: E402
+import progress
+from configurator import UserError
+from conftest import ROOT
 
 PUBLISHED = os.path.join(ROOT, "configs", "ledger", "gundlach2025.py")
 THIS_STUDY = os.path.join(ROOT, "configs", "ledger", "this_study.py")
@@ -254,11 +253,18 @@ def synthetic_fit_json(tmp_path):
 
 
 def study_analyze_json(folder):
-    gains = dict(modern_minus_rope_sinusoidal=3.0, modern_minus_rope=2.3, modern_minus_cosine=0.97,
-                 modern_minus_prenorm=1.14, modern_minus_rmsnorm=0.92, modern_minus_swiglu=1.09, retro_2017=1.15)
-    rows = [dict(study="study_ablations", width=64, label=label, baseline="modern", is_baseline=False, ceg=1 / g,
-                 ci_low=0.93 / g, ci_high=1.07 / g, bound=None) for label, g in gains.items()]
+    """The study's analyze.json (ablations at widths 32, 64, 128: the ledger reads 128) and schedules.json."""
+    gains = dict(modern_minus_rope_sinusoidal=3.0, modern_minus_rope=2.3, modern_minus_prenorm=1.14,
+                 modern_minus_rmsnorm=0.92, modern_minus_swiglu=1.09, retro_2017=1.15)
+    row = lambda study, width, label, baseline, g: dict(study=study, width=width, label=label, baseline=baseline,
+                                                       is_baseline=False, ceg=1 / g, ci_low=0.93 / g,
+                                                       ci_high=1.07 / g, bound=None)
+    rows = [row("study_ablations", w, label, "modern", g * (1 if w == 128 else 5))
+            for w in (32, 64, 128) for label, g in gains.items()]
     write(os.path.join(folder, "analyze.json"), json.dumps({"ceg": rows, "ci": {"level": 0.95}}))
+    rows = [row("study_schedules", w, "modern_minus_cosine", "modern_cosine", 0.97 if w == 64 else 9.0)
+            for w in (32, 64)]
+    write(os.path.join(folder, "schedules.json"), json.dumps({"ceg": rows, "ci": {"level": 0.95}}))
 
 
 def copy_this_study(tmp_path):
@@ -282,8 +288,9 @@ def test_this_study_end_to_end_on_synthetic_study_json(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = run([ledger, "--draws", 1000])
     rows = by_name(out)
-    s = math.log(1.15) / math.log(3.0 * 0.97 * 1.14 * 0.92 * 1.09)  # the normalization of the measured gains
+    s = math.log(1.15) / math.log(3.0 * 1.14 * 0.92 * 1.09)  # the normalization (the schedule is not in it)
     assert rows["learned -> rotary positions"]["gain"] == pytest.approx(2.3 ** s, rel=1e-9)
+    assert rows["inverse-sqrt -> cosine schedule"]["gain"] == pytest.approx(0.97, rel=1e-9)  # width 64, as measured
     assert rows["sinusoidal -> learned positions"]["gain"] == pytest.approx((3.0 / 2.3) ** s, rel=1e-9)
     assert rows["mixture of experts"]["gain"] == 2.0
     lo, hi = rows["LSTM -> Transformer"]["interval"]  # from the bootstrap samples of the frontier laws

@@ -18,10 +18,8 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import slurm_cluster  # noqa: E402
+import slurm_cluster
+from conftest import ROOT
 
 SMOKE = os.path.join("configs", "sweeps", "smoke.py")
 
@@ -38,15 +36,6 @@ def cluster():
         yield c
     finally:
         c.stop(remove=True)  # failures above already carry the daemons' log tails
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    """The embedded corpus, prepared once for every run here."""
-    d = str(tmp_path_factory.mktemp("data"))
-    subprocess.run([sys.executable, "prepare.py", "stdlib", f"--data_dir={d}"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
-    return d
 
 
 def sweep(cluster, *args, check=True):

@@ -18,12 +18,11 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-import analyze  # noqa: E402
-import results  # noqa: E402
-import sweep  # noqa: E402
-from configurator import UserError  # noqa: E402
+import analyze
+import results
+import sweep
+from configurator import UserError
+from conftest import ROOT
 
 TINY = dict(dataset="stdlib", n_layer=1, n_head=2, n_embd=32, block_size=64, batch_size=8, max_iters=30,
             eval_interval=10, eval_iters=2, log_interval=10, device="cpu", dtype="float32")
@@ -32,14 +31,6 @@ TINY = dict(dataset="stdlib", n_layer=1, n_head=2, n_embd=32, block_size=64, bat
 @pytest.fixture(autouse=True)
 def at_root(monkeypatch):
     monkeypatch.chdir(ROOT)  # config paths in sweeps are relative to the repository root, as for train.py
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("data"))
-    subprocess.run([sys.executable, "prepare.py", "stdlib", f"--data_dir={d}"], cwd=ROOT, check=True,
-                   capture_output=True, timeout=300)
-    return d
 
 
 def write_sweep(tmp_path, text, name="study.py"):
