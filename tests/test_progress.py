@@ -283,7 +283,8 @@ def test_this_study_fails_with_one_line_when_the_study_json_is_missing(tmp_path)
 
 def test_this_study_end_to_end_on_synthetic_study_json(tmp_path, monkeypatch):
     ledger = copy_this_study(tmp_path)
-    synthetic_fit_json(tmp_path)
+    fits = synthetic_fit_json(tmp_path)
+    shutil.copy(fits, tmp_path / "docs" / "study" / "fit_scaling_e0.json")  # the frontier laws' file
     study_analyze_json(tmp_path / "docs" / "study")
     monkeypatch.chdir(tmp_path)
     out = run([ledger, "--draws", 1000])

@@ -15,8 +15,9 @@ LR_SOURCE = param("lr_source", "results/study_lr")
 COOLDOWN_TOKENS = param("cooldown_tokens", [375_000, 750_000, 1_500_000])
 WSD = dict(lr_schedule="wsd", decay_frac=0.2, decay_shape="1-sqrt", warmup_iters=73,
            cooldowns=[round(t / TOKENS_PER_STEP) for t in COOLDOWN_TOKENS])
-runs = [dict(config=[v["config"], f"configs/widths/{w}d.py"], label=v["label"],
-             learning_rate=best_lr(LR_SOURCE, w, label=v["label"], use="refined"), **WSD)
+LR_AT = param("lr_at", {})  # {label: {width: lr}} in place of stage 1's choice (README Results: the RoPE check)
+runs = [dict(config=[v["config"], f"configs/widths/{w}d.py"], label=v["label"], **WSD,
+             learning_rate=LR_AT.get(v["label"], {}).get(w) or best_lr(LR_SOURCE, w, label=v["label"], use="refined"))
         for v in variants("configs/modern.py", "configs/ablations/*.py", "configs/retro_2017.py") for w in WIDTHS
         if v["label"] != "modern_minus_cosine"]
 fixed = dict(dataset="stdlib", max_tokens=param("tokens", 3_000_000), eval_interval=100, eval_iters=10,
