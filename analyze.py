@@ -1068,6 +1068,8 @@ def steps_to_accuracy(records):
                       "learning_rate": lr, "n_runs": len(runs), "n_reached": n,
                       "median_steps": median, "median_kind": kind,
                       "mean_steps": float(steps.mean()) if n else None, "std": std,
+                      "mean_steps_never_as_run": float(np.mean([r["step_val_acc_99"] if r["step_val_acc_99"] is not None
+                                                                else r["last_step"] or 0 for r in runs])),
                       "sem": std / math.sqrt(n) if std is not None else None,
                       "never": len(never), "never_max_steps": max((r["last_step"] or 0 for r in never), default=None),
                       "never_steps": [r["last_step"] for r in never], "steps": steps.tolist(),
@@ -1076,6 +1078,38 @@ def steps_to_accuracy(records):
     sort_key = lambda r: (math.inf if r["median_kind"] == "above" else
                           r["median_steps"][0] if r["median_kind"] == "between" else r["median_steps"])
     table.sort(key=lambda r: (order(r["study"]), order(r["dataset"]), sort_key(r), -r["n_reached"]))
+    return table
+
+
+def load_published(path):
+    """Published steps to 99% and final val accuracy to print beside ours: a CSV with columns dataset, label,
+    steps (a mean over seeds, never-reached runs counted at their budget), final_val_acc; a blank cell is a
+    number the paper does not give. Returns {(dataset, label): {"steps": float | None, "val_acc": ...}}."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as e:
+        raise UserError(f"cannot read --published {path}: {e.strerror or e}")
+    need = {"dataset", "label", "steps", "final_val_acc"}
+    if not rows or not need <= set(rows[0]):
+        raise UserError(f"--published {path}: needs a header with columns {', '.join(sorted(need))} and one row "
+                        f"per (dataset, label); see configs/grokking/published.csv")
+    out = {}
+    for i, row in enumerate(rows, start=2):
+        try:
+            out[(row["dataset"], row["label"])] = {k: float(row[c]) if row[c].strip() else None
+                                                   for k, c in (("steps", "steps"), ("val_acc", "final_val_acc"))}
+        except ValueError:
+            raise UserError(f"--published {path}, line {i}: steps and final_val_acc must be numbers or blank, "
+                            f"got {row['steps']!r}, {row['final_val_acc']!r}")
+    return out
+
+
+def add_published(table, published):
+    """Each steps-to-accuracy row gets the published numbers for its (dataset, label), None where there are none."""
+    for r in table:
+        p = published.get((r["dataset"], r["label"]), {})
+        r["published_steps"], r["published_final_val_acc"] = p.get("steps"), p.get("val_acc")
     return table
 
 
@@ -1274,18 +1308,24 @@ def print_sensitivity(t):
                   format_ceg(r), "; ".join(show(n) for n in r["neighbours"])] for r in t["sensitivity"]])
 
 
-def print_acc(table):
+def print_acc(table, published=False):
     for (study,), rows in group(table, lambda r: (r["study"],)).items():
         print(f"\n== {study}: steps to {ACC_TARGET:.0%} validation accuracy: median over runs with the ones that "
               f"never got there counted as '> the steps they ran' (censored); final accuracies mean [min, max] ==")
+        if published:
+            print("with --published: 'mean, never = ran' is the papers' statistic (a run that never got there counts "
+                  "at the steps it ran, so it is a lower bound when any did not), beside the published mean")
         acc = lambda r, name: (f"{r[f'final_{name}_mean']:.3f} [{r[f'final_{name}_min']:.3f}, "
                                f"{r[f'final_{name}_max']:.3f}]" if r[f"final_{name}_mean"] is not None else "-")
+        extra = lambda r: ([f"{r['mean_steps_never_as_run']:.0f}", fmt(r["published_steps"], ".0f"),
+                            fmt(r["published_final_val_acc"], ".2f")] if published else [])
         print_table(["dataset", "label", "arch", "width", "LR", "reached", "median steps", "never reached",
-                     "final train acc", "final val acc"],
+                     "final train acc", "final val acc"] +
+                    (["mean, never = ran", "published mean", "published val acc"] if published else []),
                     [[r["dataset"], r["label"], r["arch"], fmt(r["width"]), fmt(r["learning_rate"], ".2e"),
                       f"{r['n_reached']}/{r['n_runs']}", format_median(r),
                       f"{r['never']} (ran {r['never_max_steps']:.0f} steps)" if r["never"] else "0",
-                      acc(r, "train_acc"), acc(r, "val_acc")] for r in rows])
+                      acc(r, "train_acc"), acc(r, "val_acc")] + extra(r) for r in rows])
 
 
 def print_vs(table, key, by, metric):
@@ -1841,6 +1881,8 @@ def parse_args(argv):
                                                            "seeds) and print it; needs no results folder")
     p.add_argument("--vs", metavar="KEY", help="validation loss against config key KEY (e.g. n_layer, dropout)")
     p.add_argument("--by", metavar="KEY2", help="with --vs: one line per value of KEY2")
+    p.add_argument("--published", metavar="CSV", help="published steps to 99%% and final val accuracy to print "
+                   "beside ours (columns dataset, label, steps, final_val_acc; configs/grokking/published.csv)")
     p.add_argument("--json", metavar="FILE", help="write every number to FILE as JSON")
     p.add_argument("--csv", metavar="DIR", help="write the tables as CSV files to DIR")
     p.add_argument("--plots", metavar="DIR", help="write plots to DIR (default: results/<study>/plots)")
@@ -1887,6 +1929,8 @@ def run(argv):
                         measure_seeds=args.measure_seeds, per_lr=args.per_lr)
     scale = scale_table(tables)
     acc = steps_to_accuracy(records)
+    if args.published:
+        add_published(acc, load_published(args.published))
     vs = vs_table(records, args.vs, args.by, args.metric) if args.vs else []
 
     print_runs(records, skipped, args.results_dir, args.verbose, args.detailed)
@@ -1895,7 +1939,7 @@ def run(argv):
     if scale:
         print_scale(scale)
     if acc:
-        print_acc(acc)
+        print_acc(acc, bool(args.published))
     if args.vs:
         print_vs(vs, args.vs, args.by, args.metric)
     plots = [] if args.no_plots else write_plots(records, lr_table, trends, tables, vs, scale, args)

@@ -872,6 +872,34 @@ def test_steps_to_99_percent_is_a_censored_median(tmp_path):
     assert rows["b"]["n_reached"] == 1 and rows["b"]["never"] == 2
 
 
+
+def test_published_means_print_beside_ours_in_the_papers_statistic(tmp_path):
+    """--published joins a paper's numbers by (dataset, label); our 'mean, never = ran' counts a run that never
+    got there at the steps it ran, as a paper's '7500 = never' mean does; a bad file is one clear error."""
+    def acc_curve(step99, n_rows):
+        return [(1.0, 1.0 if 100 * i >= step99 else 0.5) for i in range(n_rows)]
+    for seed, s99 in enumerate([300, 500, None]):
+        write_run(tmp_path, "template", seed=seed, dataset="mod97_div", steps=1000, study="grok",
+                  acc=acc_curve(s99 or 10 ** 6, 11))
+    write_run(tmp_path, "other", seed=1, dataset="mod97_div", steps=1000, study="grok", acc=acc_curve(200, 11))
+    csv_path = tmp_path / "published.csv"
+    csv_path.write_text("dataset,label,steps,final_val_acc,note\nmod97_div,template,4200,0.96,x\n"
+                        "mod97_sub,template,,,\n")
+    records, _ = load(tmp_path)
+    table = analyze.add_published(analyze.steps_to_accuracy(records), analyze.load_published(str(csv_path)))
+    rows = {r["label"]: r for r in table}
+    assert rows["template"]["mean_steps_never_as_run"] == pytest.approx((300 + 500 + 1000) / 3)
+    assert (rows["template"]["published_steps"], rows["template"]["published_final_val_acc"]) == (4200, 0.96)
+    assert (rows["other"]["published_steps"], rows["other"]["published_final_val_acc"]) == (None, None)
+    rc, out = run_main([tmp_path, "--no-plots", "--published", csv_path])
+    assert rc == 0 and "mean, never = ran  published mean  published val acc" in out
+    assert "0.833 [0.500, 1.000]  600                4200            0.96" in out
+    csv_path.write_text("dataset,label,steps,final_val_acc\nmod97_div,template,never,\n")
+    rc, out = run_main([tmp_path, "--no-plots", "--published", csv_path])
+    assert rc == 2 and "line 2: steps and final_val_acc must be numbers or blank, got 'never'" in out
+    rc, out = run_main([tmp_path, "--no-plots", "--published", tmp_path / "missing.csv"])
+    assert rc == 2 and "cannot read --published" in out and "Traceback" not in out
+
 # ----------------------------------------------------------------------------- loss against a config key
 
 
