@@ -1701,6 +1701,42 @@ def plot_accuracy(records, study, folder, written):
         save(fig, os.path.join(folder, f"acc_{safe_name(dataset)}.png"), written)
 
 
+def plot_steps_to_accuracy(rows, study, folder, written):
+    """One panel per dataset: each label's steps to 99% per run (dots; a run that never got there is a triangle
+    at the steps it ran), its censored median (bar) and, with --published, the published mean (black x)."""
+    panels = group(rows, lambda r: (r["dataset"],))
+    if not panels:
+        return
+    labels = sorted({r["label"] for r in rows}, key=order)
+    xs = [x for r in rows for x in r["steps"] + r["never_steps"] + [r.get("published_steps")] if x]
+    lo, hi = min(xs), max(xs)
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 0.45 * len(labels) + 1.6),
+                             squeeze=False, sharey=True)
+    for ax, ((dataset,), rs) in zip(axes.flat, panels.items()):
+        for r in rs:
+            y = labels.index(r["label"])
+            ax.plot(r["steps"], [y] * len(r["steps"]), "o", color="C0", ms=5, alpha=0.7)
+            ax.plot(r["never_steps"], [y] * len(r["never_steps"]), ">", color="C3", ms=9, mfc="none", mew=1.5,
+                    zorder=4)
+            m = r["median_steps"]
+            for x in (m if isinstance(m, tuple) else (m,)) if r["median_kind"] != "above" else ():
+                ax.plot([x, x], [y - 0.3, y + 0.3], "-", color="C0", lw=2)
+            if r.get("published_steps") is not None:
+                ax.plot(r["published_steps"], y, "x", color="k", ms=8, mew=2)
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.25, hi * 1.25)
+        log_ticks(ax, "x", lo, hi)
+        ax.set_ylim(-0.6, len(labels) - 0.4)
+        ax.set_yticks(range(len(labels)), [plot_label(x) for x in labels])
+        ax.set_title(plot_label(dataset))
+        ax.set_xlabel(f"steps to {ACC_TARGET:.0%} val acc (log)")
+        style(ax, legend=None)
+    fig.suptitle(plot_label(f"{study}: steps to {ACC_TARGET:.0%} validation accuracy per run (dots; triangles: "
+                            f"never, at the steps run), median (bar), published mean (x)"), fontsize=9)
+    fig.tight_layout()
+    save(fig, os.path.join(folder, "steps_to_acc.png"), written)
+
+
 def plot_vs(rows, key, by, metric, study, folder, written):
     """Loss against a config key, a line per value of --by: the mean over seeds, every seed as a dot and the seed
     range as a bar, so the spread is seen next to the differences."""
@@ -1749,7 +1785,7 @@ def plot_folders(records, plots_dir):
     return folders
 
 
-def make_plots(records, lr_table, trends, tables, vs, scale, args):
+def make_plots(records, lr_table, trends, tables, vs, scale, acc, args):
     written = []
     for study, folder in plot_folders(records, args.plots).items():
         plot_lr_sweeps([r for r in lr_table if r["study"] == study], study, folder, written)
@@ -1762,6 +1798,7 @@ def make_plots(records, lr_table, trends, tables, vs, scale, args):
                 plot_per_lr(t, folder, written)
         plot_scale(study, [r for r in scale if r["study"] == study], folder, written)
         plot_accuracy([r for r in records if r["study"] == study], study, folder, written)
+        plot_steps_to_accuracy([r for r in acc if r["study"] == study], study, folder, written)
         if args.vs:
             rows = [r for r in vs if r["study"] == study]
             if rows:
@@ -1942,7 +1979,7 @@ def run(argv):
         print_acc(acc, bool(args.published))
     if args.vs:
         print_vs(vs, args.vs, args.by, args.metric)
-    plots = [] if args.no_plots else write_plots(records, lr_table, trends, tables, vs, scale, args)
+    plots = [] if args.no_plots else write_plots(records, lr_table, trends, tables, vs, scale, acc, args)
     print()
     for folder, names in group(plots, lambda p: (os.path.dirname(p),)).items():
         print(f"plots: {folder[0]}/ ({', '.join(os.path.basename(n) for n in names)})")
@@ -1955,9 +1992,9 @@ def run(argv):
     return 0
 
 
-def write_plots(records, lr_table, trends, tables, vs, scale, args):
+def write_plots(records, lr_table, trends, tables, vs, scale, acc, args):
     try:
-        return make_plots(records, lr_table, trends, tables, vs, scale, args)
+        return make_plots(records, lr_table, trends, tables, vs, scale, acc, args)
     except OSError as e:  # a read-only results folder, say
         raise UserError(f"cannot write plots to {e.filename}: {e.strerror or e}; choose a folder with --plots DIR "
                         f"or use --no-plots")

@@ -891,8 +891,9 @@ def test_published_means_print_beside_ours_in_the_papers_statistic(tmp_path):
     assert rows["template"]["mean_steps_never_as_run"] == pytest.approx((300 + 500 + 1000) / 3)
     assert (rows["template"]["published_steps"], rows["template"]["published_final_val_acc"]) == (4200, 0.96)
     assert (rows["other"]["published_steps"], rows["other"]["published_final_val_acc"]) == (None, None)
-    rc, out = run_main([tmp_path, "--no-plots", "--published", csv_path])
+    rc, out = run_main([tmp_path, "--published", csv_path, "--plots", tmp_path / "figs"])
     assert rc == 0 and "mean, never = ran  published mean  published val acc" in out
+    assert "steps_to_acc.png" in os.listdir(tmp_path / "figs")
     assert "0.833 [0.500, 1.000]  600                4200            0.96" in out
     csv_path.write_text("dataset,label,steps,final_val_acc\nmod97_div,template,never,\n")
     rc, out = run_main([tmp_path, "--no-plots", "--published", csv_path])
@@ -1002,7 +1003,7 @@ def test_cli_end_to_end_writes_tables_json_csv_and_plots(tmp_path):
     plots = {os.path.relpath(p, tmp_path / "results") for p in report["plots"]}
     assert plots >= {"lr_sweep/plots/lr_sweep.png", "lr_sweep/plots/lr_trend.png", "ablations/plots/ceg_w64.png",
                      "ablations/plots/curves_w64.png", "grok/plots/acc_mod97_div.png",
-                     "lr_sweep/plots/vs_n_embd_by_label.png"}
+                     "grok/plots/steps_to_acc.png", "lr_sweep/plots/vs_n_embd_by_label.png"}
     for p in report["plots"]:
         with open(p, "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
