@@ -1637,8 +1637,9 @@ def finish_run(run, state, status):
         final, rows = write_final(run, state, status)
         print(last_line(run, state, final, rows), flush=True)
     if run.runtime.ddp:
+        # no destroy_process_group: the DDP reducer would then free gloo's group later, and its destructor can
+        # deadlock on the GIL with gloo's own thread (1 in 4 runs under load); train.py leaves by os._exit
         dist.barrier()
-        dist.destroy_process_group()
 
 
 def write_final(run, state, status):
