@@ -1062,14 +1062,15 @@ def steps_to_accuracy(records):
         never = [r for r in runs if r["step_val_acc_99"] is None]
         n = len(steps)
         std = float(steps.std(ddof=1)) if n >= 2 else None
-        median, kind = censored_median([r["step_val_acc_99"] for r in runs], [r["last_step"] or 0 for r in runs])
+        values, budgets = [r["step_val_acc_99"] for r in runs], [r["last_step"] or 0 for r in runs]
+        median, kind = censored_median(values, budgets)
         final = {name: spread([(r["final_acc"] or {}).get(name) for r in runs]) for name in ("train_acc", "val_acc")}
         table.append({"study": study, "dataset": dataset, "label": label, "arch": arch, "width": width,
                       "learning_rate": lr, "n_runs": len(runs), "n_reached": n,
                       "median_steps": median, "median_kind": kind,
                       "mean_steps": float(steps.mean()) if n else None, "std": std,
-                      "mean_steps_never_as_run": float(np.mean([r["step_val_acc_99"] if r["step_val_acc_99"] is not None
-                                                                else r["last_step"] or 0 for r in runs])),
+                      "mean_steps_never_as_run": float(np.mean([b if v is None else v
+                                                                for v, b in zip(values, budgets)])),
                       "sem": std / math.sqrt(n) if std is not None else None,
                       "never": len(never), "never_max_steps": max((r["last_step"] or 0 for r in never), default=None),
                       "never_steps": [r["last_step"] for r in never], "steps": steps.tolist(),
@@ -1094,11 +1095,12 @@ def load_published(path):
     if not rows or not need <= set(rows[0]):
         raise UserError(f"--published {path}: needs a header with columns {', '.join(sorted(need))} and one row "
                         f"per (dataset, label); see configs/grokking/published.csv")
+    number = lambda text: float(text) if text.strip() else None
     out = {}
     for i, row in enumerate(rows, start=2):
         try:
-            out[(row["dataset"], row["label"])] = {k: float(row[c]) if row[c].strip() else None
-                                                   for k, c in (("steps", "steps"), ("val_acc", "final_val_acc"))}
+            out[(row["dataset"], row["label"])] = {"steps": number(row["steps"]),
+                                                   "val_acc": number(row["final_val_acc"])}
         except ValueError:
             raise UserError(f"--published {path}, line {i}: steps and final_val_acc must be numbers or blank, "
                             f"got {row['steps']!r}, {row['final_val_acc']!r}")
@@ -1308,8 +1310,9 @@ def print_sensitivity(t):
                   format_ceg(r), "; ".join(show(n) for n in r["neighbours"])] for r in t["sensitivity"]])
 
 
-def print_acc(table, published=False):
+def print_acc(table):
     for (study,), rows in group(table, lambda r: (r["study"],)).items():
+        published = "published_steps" in rows[0]  # add_published ran
         print(f"\n== {study}: steps to {ACC_TARGET:.0%} validation accuracy: median over runs with the ones that "
               f"never got there counted as '> the steps they ran' (censored); final accuracies mean [min, max] ==")
         if published:
@@ -1976,7 +1979,7 @@ def run(argv):
     if scale:
         print_scale(scale)
     if acc:
-        print_acc(acc, bool(args.published))
+        print_acc(acc)
     if args.vs:
         print_vs(vs, args.vs, args.by, args.metric)
     plots = [] if args.no_plots else write_plots(records, lr_table, trends, tables, vs, scale, acc, args)
